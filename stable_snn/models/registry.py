@@ -1,0 +1,55 @@
+"""Models by name (timm-style registry): ``build_model("vgg11", num_classes=10, ...)``."""
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, SpikingNetwork
+
+_REGISTRY: dict[str, Callable[..., SpikingNetwork]] = {}
+
+
+def register_model(name: str):
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(
+    name: str,
+    num_classes: int = 10,
+    timesteps: int = 8,
+    neuron: str = "dlif",
+    **kwargs,
+) -> SpikingNetwork:
+    """Build a spiking network by name.
+
+    kwargs flow to the model (``width``, ``classifier_width``, ``mean``, ``std``) and to
+    its neurons (``leak``, ``threshold``, ``surrogate_width``, ``gain_form``, ``backend``).
+    Normalisation defaults to CIFAR-10's statistics, CIFAR-100's when ``num_classes == 100``.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"model must be one of {list_models()}, got {name!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if num_classes == 100:
+        kwargs.setdefault("mean", CIFAR100_MEAN)
+        kwargs.setdefault("std", CIFAR100_STD)
+    return _REGISTRY[name](num_classes=num_classes, timesteps=timesteps, neuron=neuron, **kwargs)
+
+
+def _register_builtin() -> None:
+    from .vgg import vgg5, vgg11
+    from .wrn import wrn16
+
+    register_model("vgg5")(vgg5)
+    register_model("vgg11")(vgg11)
+    register_model("wrn16")(wrn16)
+
+
+_register_builtin()

@@ -1,0 +1,123 @@
+"""Stateless spiking-neuron modules over time-major tensors ``[T, B, *]``.
+
+A module holds only its hyper-parameters and, for DLIF, the trainable gains
+``a[t]``; membrane state lives inside one forward call, so two identical calls
+give identical outputs and nothing leaks between batches.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .functional import GAIN_FORMS, lif_multistep, lif_multistep_reference
+
+BACKENDS = ("fused", "reference")
+
+
+class LIF(nn.Module):
+    """Leaky integrate-and-fire neuron, Eq. 1, hard reset, surrogate of Eq. 18.
+
+    Input: input current ``I`` of shape ``[T, B, *]`` with ``T == timesteps``.
+    Output: spikes ``[T, B, *]``.
+    """
+
+    def __init__(
+        self,
+        timesteps: int,
+        leak: float = 0.99,
+        threshold: float = 1.0,
+        surrogate_width: float = 1.0,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__()
+        if timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        if not 0.0 <= leak <= 1.0:
+            raise ValueError(f"leak must be in [0, 1], got {leak}")
+        if threshold <= 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        if surrogate_width <= 0:
+            raise ValueError(f"surrogate_width must be > 0, got {surrogate_width}")
+        self.timesteps = timesteps
+        self.leak = leak
+        self.threshold = threshold
+        self.surrogate_width = surrogate_width
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        self._backend = value
+
+    gain_form = "leak"
+
+    def gains(self) -> torch.Tensor | None:
+        """The dynamic gains ``a[t]`` (``[T]``), or None for plain LIF."""
+        return None
+
+    def leak_profile(self) -> torch.Tensor:
+        """Per-step leak of the MPPD recursion (Eq. 11): ``lam`` or ``lam * a[t]``, ``[T]``."""
+        g = self.gains()
+        lam = torch.full((self.timesteps,), float(self.leak))
+        if g is None or self.gain_form == "input":
+            return lam
+        return lam * g.detach().float().cpu()
+
+    def input_scale(self) -> torch.Tensor | None:
+        """Per-step scale of the input current (``a[t]`` in the "input" form), else None."""
+        g = self.gains()
+        return g if (g is not None and self.gain_form == "input") else None
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        if current.dim() < 2 or current.shape[0] != self.timesteps:
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape [T={self.timesteps}, B, *], "
+                f"got {tuple(current.shape)}"
+            )
+        fn = lif_multistep if self.backend == "fused" else lif_multistep_reference
+        spikes, _ = fn(current, self.leak, self.threshold, self.surrogate_width, self.gains(), self.gain_form)
+        return spikes
+
+    def extra_repr(self) -> str:
+        return (
+            f"timesteps={self.timesteps}, leak={self.leak}, threshold={self.threshold}, "
+            f"surrogate_width={self.surrogate_width}, backend={self.backend!r}"
+        )
+
+
+class DLIF(LIF):
+    """Dynamic LIF: LIF with a trainable gain ``a[t]`` per time step (init 1).
+
+    ``gain_form="leak"`` (default, the paper's Sec. 3.3): v[t] = lam a[t] u[t-1] + I[t].
+    ``gain_form="input"`` (the authors' code):          v[t] = lam u[t-1] + a[t] I[t].
+    """
+
+    def __init__(self, timesteps: int, *args, gain_form: str = "leak", **kwargs) -> None:
+        super().__init__(timesteps, *args, **kwargs)
+        if gain_form not in GAIN_FORMS:
+            raise ValueError(f"gain_form must be one of {GAIN_FORMS}, got {gain_form!r}")
+        self.gain_form = gain_form
+        self.gain = nn.Parameter(torch.ones(timesteps))
+
+    def gains(self) -> torch.Tensor:
+        return self.gain
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", gain_form={self.gain_form!r}"
+
+
+NEURONS = {"lif": LIF, "dlif": DLIF}
+
+
+def build_neuron(name: str, timesteps: int, **kwargs) -> LIF:
+    """Create a neuron by name (``lif`` or ``dlif``)."""
+    if name not in NEURONS:
+        raise ValueError(f"neuron must be one of {sorted(NEURONS)}, got {name!r}")
+    if name == "lif":
+        kwargs.pop("gain_form", None)
+    return NEURONS[name](timesteps, **kwargs)
