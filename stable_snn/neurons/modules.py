@@ -68,6 +68,25 @@ class LIF(nn.Module):
             return lam
         return lam * g.detach().float().cpu()
 
+    def mppd_leak(self) -> torch.Tensor | float:
+        """Differentiable per-step leak of Eq. 11 for the loss: ``lam * a[t]`` ([T]) or ``lam``."""
+        g = self.gains()
+        if g is None or self.gain_form == "input":
+            return self.leak
+        return self.leak * g
+
+    def perturbation_dynamics(self, delta_current: torch.Tensor) -> torch.Tensor:
+        """MPPD (Eq. 11) of this layer for an input-current difference ``[T, B, *]``.
+
+        In the "input" form the gain scales the current before it enters the dynamics.
+        """
+        from ..perturbation import mppd
+
+        scale = self.input_scale()
+        if scale is not None:
+            delta_current = delta_current * scale.view(-1, *([1] * (delta_current.dim() - 1)))
+        return mppd(delta_current, self.mppd_leak())
+
     def input_scale(self) -> torch.Tensor | None:
         """Per-step scale of the input current (``a[t]`` in the "input" form), else None."""
         g = self.gains()

@@ -1,0 +1,173 @@
+"""The robust stable training step (Sec. 3.4, Eqs. 14, 16, 17).
+
+    L = chi * CE(f(x), y) + (1 - chi) * CE(f(x~), y) + rho * R(x, x~)         (Eqs. 16, 17)
+
+with x~ the perturbed batch (Gaussian noise or RFGSM) and R the MS-MPPD (Eq. 14) of
+the last spiking layer's input current (or TASAD / STD of its spikes, Table 2).  The
+clean branch of R is detached, as in the authors' code: the gradient of R flows
+through the perturbed pass only.  Modes:
+
+* ``natural``:  CE(f(x), y)
+* ``gaussian``: x~ = clamp(x + sigma N(0, 1))
+* ``at``:       x~ = RFGSM(x)
+* ``at_reg``:   as ``at`` plus the SNN-RAT regulariser after every optimiser step.
+
+The clean and perturbed batches run as two separate passes, so each gets its own
+BatchNorm batch statistics (as in the paper).  :class:`TwoPass` puts both in one
+module call so a DDP wrapper sees exactly one forward per backward.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attacks import RFGSM, Attack, GaussianNoise
+from .config import ObjectiveConfig
+from .models import SNNOutput, SpikingNetwork
+from .perturbation import ms_mppd, std, tasad
+from .regularizers import snn_rat_step
+
+
+class TwoPass(nn.Module):
+    """Clean and perturbed forward passes of one model, with internals: ``(clean, perturbed)``."""
+
+    def __init__(self, model: SpikingNetwork) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, x_pert: torch.Tensor | None = None) -> tuple[SNNOutput, SNNOutput | None]:
+        clean = self.model(x, return_internals=True)
+        pert = self.model(x_pert, return_internals=True) if x_pert is not None else None
+        return clean, pert
+
+
+def build_perturbation(cfg: ObjectiveConfig) -> Attack | None:
+    """The training perturbation of a mode (None for ``natural``)."""
+    if cfg.mode == "natural":
+        return None
+    if cfg.mode == "gaussian":
+        return GaussianNoise(cfg.gaussian_sigma)
+    return RFGSM(step=cfg.rfgsm_step, init_std=cfg.rfgsm_init_std)
+
+
+def stability_term(model: SpikingNetwork, clean: SNNOutput, pert: SNNOutput, cfg: ObjectiveConfig) -> torch.Tensor:
+    """The regulariser R of Eq. 17 on the last spiking layer (MS-MPPD, TASAD or STD)."""
+    if cfg.regularizer == "ms_mppd":
+        last = model.spiking_layers()[-1]
+        delta = clean.last_current.detach().float() - pert.last_current.float()
+        return ms_mppd(last.perturbation_dynamics(delta), cfg.reduction)
+    distance = tasad if cfg.regularizer == "tasad" else std
+    return distance(clean.spikes[-1].detach(), pert.spikes[-1])
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor
+    task: torch.Tensor
+    ce_clean: torch.Tensor
+    ce_pert: torch.Tensor | None
+    stability: torch.Tensor | None
+    logits_clean: torch.Tensor  # [B, C], decoded
+    logits_pert: torch.Tensor | None
+
+
+def stable_loss(model: SpikingNetwork, clean: SNNOutput, pert: SNNOutput | None, labels: torch.Tensor, cfg: ObjectiveConfig) -> LossTerms:
+    """Eqs. 16-17 from the two passes' outputs."""
+    logits_clean = clean.logits.float().mean(0)
+    ce_clean = F.cross_entropy(logits_clean, labels)
+    if pert is None:
+        return LossTerms(ce_clean, ce_clean, ce_clean, None, None, logits_clean, None)
+    logits_pert = pert.logits.float().mean(0)
+    ce_pert = F.cross_entropy(logits_pert, labels)
+    task = cfg.chi * ce_clean + (1.0 - cfg.chi) * ce_pert
+    stab = stability_term(model, clean, pert, cfg)
+    total = task + cfg.rho * stab if cfg.rho > 0 else task
+    return LossTerms(total, task, ce_clean, ce_pert, stab, logits_clean, logits_pert)
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for ``fp32`` (none), ``bf16`` or ``fp16``; neuron state stays fp32."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class StepStats:
+    """Detached per-step numbers (sums over the batch where marked)."""
+
+    loss: float
+    task_loss: float
+    ce_clean: float
+    ce_pert: float | None
+    stability: float | None
+    correct_clean: int  # count
+    correct_pert: int | None  # count
+    batch: int
+    finite: bool
+
+
+def train_step(
+    model: SpikingNetwork,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: ObjectiveConfig,
+    *,
+    perturbation: Attack | None = None,
+    generator: torch.Generator | None = None,
+    forward: nn.Module | None = None,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    reg_generator: torch.Generator | None = None,
+) -> StepStats:
+    """One optimisation step of Eq. 17.
+
+    ``model`` is the bare network (for the attack and the regulariser); ``forward`` the
+    module that runs both passes (a :class:`TwoPass`, possibly DDP-wrapped; default
+    ``TwoPass(model)``).  The perturbation's input gradient is computed in fp32.  A
+    non-finite loss skips the update and returns ``finite=False``.
+    """
+    forward = forward if forward is not None else TwoPass(model)
+    if perturbation is None and cfg.mode != "natural":
+        perturbation = build_perturbation(cfg)
+    x_pert = perturbation(model, images, labels, generator) if perturbation is not None and cfg.mode != "natural" else None
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(images.device, precision):
+        clean, pert = forward(images, x_pert)
+    terms = stable_loss(model, clean, pert, labels, cfg)
+    finite = bool(torch.isfinite(terms.total.detach()))
+    if finite:
+        if scaler is not None:
+            scaler.scale(terms.total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            terms.total.backward()
+            optimizer.step()
+        if cfg.mode == "at_reg":
+            snn_rat_step(model, cfg.beta, reg_generator, cfg.reg_row_fraction, cfg.reg_row_min_outputs)
+    with torch.no_grad():
+        correct_clean = int((terms.logits_clean.argmax(1) == labels).sum())
+        correct_pert = int((terms.logits_pert.argmax(1) == labels).sum()) if terms.logits_pert is not None else None
+    return StepStats(
+        loss=float(terms.total.detach()),
+        task_loss=float(terms.task.detach()),
+        ce_clean=float(terms.ce_clean.detach()),
+        ce_pert=float(terms.ce_pert.detach()) if terms.ce_pert is not None else None,
+        stability=float(terms.stability.detach()) if terms.stability is not None else None,
+        correct_clean=correct_clean,
+        correct_pert=correct_pert,
+        batch=int(labels.shape[0]),
+        finite=finite,
+    )
+
+
+def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on conv/linear weights and DLIF gains alike (as the paper's SGD)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
