@@ -189,8 +189,12 @@ class ValidationConfig:
     pgd_steps: int = 10
     pgd_step_size: float = 2 / 255
     batch_size: int = 128
+    cpus: float = 1.0  # resources of the validation task
+    gpus: float = 0.0
 
     def __post_init__(self) -> None:
+        _range("validation.cpus", self.cpus, lo=0.0)
+        _range("validation.gpus", self.gpus, lo=0.0)
         _range("validation.subset", self.subset, lo=1, integer=True)
         _range("validation.eps", self.eps, 0.0, 1.0, lo_open=True)
         _range("validation.pgd_steps", self.pgd_steps, lo=1, integer=True)
@@ -219,7 +223,7 @@ class RunConfig:
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
             _fail("run.name", self.name, "a non-empty string without '/'")
         _range("run.seed", self.seed, lo=0, integer=True)
-        _range("run.num_workers", self.num_workers, lo=0, integer=True)
+        _range("run.num_workers", self.num_workers, lo=1, integer=True)
         _range("run.cpus_per_worker", self.cpus_per_worker, lo=0.0, lo_open=True)
         _range("run.max_failures", self.max_failures, lo=-1, integer=True)
         _range("run.keep_checkpoints", self.keep_checkpoints, lo=1, integer=True)
@@ -246,8 +250,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        workers = max(1, self.run.num_workers)
-        if self.optim.batch_size < workers:
+        if self.optim.batch_size < self.run.num_workers:
             _fail("optim.batch_size", self.optim.batch_size, f">= run.num_workers ({self.run.num_workers})")
 
     @property

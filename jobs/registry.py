@@ -1,0 +1,151 @@
+"""Logging a trained network as an MLflow model, registering it, and loading it back.
+
+The logged model is a models-from-code pyfunc (``jobs/pyfunc_model.py``) whose artifacts
+are the weights (``weights.pt``, a plain state dict), the resolved config
+(``config.yaml``) and their checksums.  ``load_registered_model("models:/name@alias")``
+downloads those artifacts, verifies the checksums and rebuilds the network through
+the library, so no code is ever unpickled from the registry.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from stable_snn.config import TrainConfig, config_from_dict, dump_config
+from stable_snn.data import num_classes_of
+from stable_snn.models import SpikingNetwork, build_model
+
+from .checkpointing import CheckpointError, sha256
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+WEIGHTS = "weights.pt"
+CONFIG = "config.yaml"
+CHECKSUMS = "checksums.json"
+PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "mlflow==3.17.2", "pyyaml", "numpy"]
+
+
+class ModelNotFoundError(LookupError):
+    """The model URI names no registered model, version or alias."""
+
+
+def build_network(cfg: TrainConfig) -> SpikingNetwork:
+    """The network a config describes (weights initialised)."""
+    return build_model(cfg.model.arch, num_classes=num_classes_of(cfg.data.dataset), **cfg.model.build_kwargs())
+
+
+def build_from_artifacts(weights_path: str | Path, config_path: str | Path) -> tuple[SpikingNetwork, TrainConfig]:
+    """Rebuild the network from logged artifacts (weights-only load), in eval mode."""
+    weights_path, config_path = Path(weights_path), Path(config_path)
+    checksums = weights_path.parent / CHECKSUMS
+    if checksums.is_file():
+        expected = json.loads(checksums.read_text())
+        for p in (weights_path, config_path):
+            if p.name in expected and sha256(p) != expected[p.name]:
+                raise CheckpointError(f"model artifact {p.name} does not match its recorded SHA-256 (truncated or tampered)")
+    cfg = config_from_dict(yaml.safe_load(config_path.read_text()))
+    model = build_network(cfg)
+    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    model.eval()
+    return model, cfg
+
+
+def write_model_artifacts(folder: Path, model: SpikingNetwork, cfg: TrainConfig) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS)
+    (folder / CONFIG).write_text(dump_config(cfg))
+    (folder / CHECKSUMS).write_text(json.dumps({n: sha256(folder / n) for n in (WEIGHTS, CONFIG)}, indent=1))
+    return {"weights": str(folder / WEIGHTS), "config": str(folder / CONFIG), "checksums": str(folder / CHECKSUMS)}
+
+
+def log_and_register(
+    client,
+    run_id: str,
+    model: SpikingNetwork,
+    cfg: TrainConfig,
+    *,
+    name: str,
+    tags: dict[str, str],
+    alias: str = "candidate",
+    example: torch.Tensor | None = None,
+):
+    """Log ``model`` as a pyfunc in ``run_id``, register it under ``name``, tag it and set ``alias``.
+
+    Returns the new ``ModelVersion``.
+    """
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    code = Path(__file__).with_name("pyfunc_model.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = write_model_artifacts(Path(tmp), model, cfg)
+        x = example if example is not None else torch.rand(2, 3, 32, 32)
+        x_np = x.detach().cpu().float().numpy()
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            probs = torch.softmax(model(x.float()).mean(0), 1).numpy()
+            model.train(was)
+        with mlflow.start_run(run_id=run_id, nested=False):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(code),
+                artifacts=artifacts,
+                input_example=x_np,
+                signature=infer_signature(x_np, probs),
+                pip_requirements=PIP_REQUIREMENTS,
+            )
+    version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    client.set_registered_model_alias(name, alias, version.version)
+    log.info("registered %s version %s (alias %s) from run %s", name, version.version, alias, run_id)
+    return version
+
+
+@dataclass
+class LoadedModel:
+    model: SpikingNetwork
+    config: TrainConfig
+    name: str
+    version: str
+    run_id: str
+
+
+def resolve_model_version(client, model_uri: str):
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> ModelVersion (clear error if absent)."""
+    from mlflow.exceptions import MlflowException
+
+    if not model_uri.startswith("models:/"):
+        raise ModelNotFoundError(f"model URI {model_uri!r} must look like models:/<name>@<alias> or models:/<name>/<version>")
+    ref = model_uri[len("models:/"):]
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = ref.partition("/")
+        if not version:
+            raise ModelNotFoundError(f"model URI {model_uri!r} names no version or alias")
+        return client.get_model_version(name, version)
+    except MlflowException as e:
+        raise ModelNotFoundError(f"model URI {model_uri!r} does not exist in the registry at {client.tracking_uri}: {e.message}") from None
+
+
+def load_registered_model(model_uri: str, client=None) -> LoadedModel:
+    """Download a registered model's artifacts and rebuild it through the library (eval mode)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = client or MlflowClient()
+    mv = resolve_model_version(client, model_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=tmp))
+        artifacts = local / "artifacts"
+        model, cfg = build_from_artifacts(artifacts / WEIGHTS, artifacts / CONFIG)
+    return LoadedModel(model, cfg, mv.name, str(mv.version), mv.run_id)
