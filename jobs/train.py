@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from stable_snn.config import ConfigError, TrainConfig, load_config
@@ -66,7 +67,7 @@ def preflight(cfg: TrainConfig) -> None:
     resolve_format(cfg.data.dataset, cfg.data.resolved_root(), "train", format=cfg.data.format, download=cfg.data.download)
 
 
-def open_run(client, cfg: TrainConfig, tracking_uri: str):
+def open_run(client, cfg: TrainConfig, tracking_uri: str, parent_run_id: str | None = None, extra_tags: dict | None = None):
     """Reuse the unfinished MLflow run of ``run.name`` (resume) or create a new one."""
     from .tracking import JOB_KIND_TAG, RUN_NAME_TAG, experiment_id, find_run
 
@@ -81,7 +82,9 @@ def open_run(client, cfg: TrainConfig, tracking_uri: str):
         log.info("resuming MLflow run %s of %s", existing.info.run_id, cfg.run.name)
         client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id, True
-    tags = {RUN_NAME_TAG: cfg.run.name, JOB_KIND_TAG: "train", "mlflow.runName": cfg.run.name}
+    tags = {RUN_NAME_TAG: cfg.run.name, JOB_KIND_TAG: "train", "mlflow.runName": cfg.run.name, **(extra_tags or {})}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
         tags["git_commit"] = commit
@@ -122,56 +125,50 @@ def validation_history(client, run_id: str) -> dict[int, dict[str, float]]:
     return out
 
 
-def main(argv=None) -> int:
-    setup_logging()
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        preflight(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+@dataclass
+class TrainingOutcome:
+    run_id: str
+    best_epoch: int
+    metrics: dict  # val_clean_acc / val_robust_acc of the best checkpoint
+    checkpoint_path: str
+    version: object | None = None  # the registered ModelVersion, if any
 
-    from .tracking import TrackingUnavailableError, check_reachable, configure_client_retries, resolve_tracking_uri
 
-    tracking_uri = resolve_tracking_uri(cfg.run.tracking_uri)
-    try:
-        check_reachable(tracking_uri)
-    except TrackingUnavailableError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    configure_client_retries()
+def run_training(
+    cfg: TrainConfig,
+    client,
+    tracking_uri: str,
+    *,
+    register: bool = True,
+    alias: str = "candidate",
+    parent_run_id: str | None = None,
+    callbacks=None,
+    inline_validation: bool = False,
+    extra_tags: dict[str, str] | None = None,
+) -> TrainingOutcome:
+    """Open (or resume) the MLflow run, fit on Ray Train, log figures, register the best checkpoint.
 
-    import mlflow
+    The MLflow run is closed in ``finally`` (FINISHED on success, FAILED otherwise; a
+    relaunch with the same ``run.name`` resumes it).
+    """
     import ray
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
-    try:
-        run_id, resumed = open_run(client, cfg, tracking_uri)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
-    ctx = ray.get_runtime_context()
-    client.set_tag(run_id, "ray_job_id", ctx.get_job_id())
-    if os.environ.get("RAY_JOB_SUBMISSION_ID"):
-        client.set_tag(run_id, "ray_submission_id", os.environ["RAY_JOB_SUBMISSION_ID"])
 
     from .checkpointing import load_checkpoint
     from .registry import build_network, log_and_register
     from .trainer import best_checkpoint, build_trainer
 
+    run_id, _ = open_run(client, cfg, tracking_uri, parent_run_id=parent_run_id, extra_tags=extra_tags)
+    ctx = ray.get_runtime_context()
+    client.set_tag(run_id, "ray_job_id", ctx.get_job_id())
+    if os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        client.set_tag(run_id, "ray_submission_id", os.environ["RAY_JOB_SUBMISSION_ID"])
     status = "FAILED"
     try:
         log.info("training %s (%s, %s, %s, T=%d) with %d worker(s); MLflow run %s at %s",
                  cfg.run.name, cfg.model.arch, cfg.model.neuron, cfg.objective.mode, cfg.model.timesteps,
                  cfg.run.num_workers, run_id, tracking_uri)
-        result = build_trainer(cfg, run_id, tracking_uri).fit()
+        trainer = build_trainer(cfg, run_id, tracking_uri, callbacks=callbacks, inline_validation=inline_validation)
+        result = trainer.fit()
         ckpt, metrics = best_checkpoint(result)
         if ckpt is None:
             raise RuntimeError("training reported no checkpoint")
@@ -183,25 +180,77 @@ def main(argv=None) -> int:
         history = [h | val.get(int(h["epoch"]), {}) for h in _latest_history(result, state)]
         log_figures(client, run_id, history, model.dlif_gains())
         best_epoch = int(state["epoch"])
-        client.set_tag(run_id, "best_epoch", str(best_epoch))
         summary = {k: metrics.get(k) for k in ("val_clean_acc", "val_robust_acc")}
-        if not args.no_register:
-            version = log_and_register(
-                client, run_id, model, cfg, name=cfg.registered_model_name, alias=args.alias,
-                tags={"run_name": cfg.run.name, "epoch": best_epoch, "arch": cfg.model.arch, "mode": cfg.objective.mode,
-                      "rho": cfg.objective.rho, **{k: f"{v:.4f}" for k, v in summary.items() if v is not None}},
-            )
-            print(f"registered model: models:/{version.name}@{args.alias} (version {version.version})")
+        client.set_tag(run_id, "best_epoch", str(best_epoch))
+        client.set_tag(run_id, "best_checkpoint", ckpt.path)
+        version = None
+        if register:
+            version = register_model(client, run_id, model, cfg, best_epoch, summary, alias)
         status = "FINISHED"
-        print(f"MLflow run: {run_id} ({cfg.run.experiment}/{cfg.run.name}) at {tracking_uri}")
-        print("best checkpoint: epoch {}  val clean {}  val PGD-{} {}".format(
-            best_epoch, _pct(summary["val_clean_acc"]), cfg.validation.pgd_steps, _pct(summary["val_robust_acc"])))
-        return 0
+        return TrainingOutcome(run_id, best_epoch, summary, ckpt.path, version)
     finally:
         try:
             client.set_terminated(run_id, status=status)
         except Exception as e:  # the run keeps its status RUNNING; a relaunch resumes it
             log.warning("could not close MLflow run %s: %s", run_id, e)
+
+
+def register_model(client, run_id: str, model, cfg: TrainConfig, epoch: int, summary: dict, alias: str):
+    from .registry import log_and_register
+
+    return log_and_register(
+        client, run_id, model, cfg, name=cfg.registered_model_name, alias=alias,
+        tags={"run_name": cfg.run.name, "epoch": epoch, "arch": cfg.model.arch, "mode": cfg.objective.mode,
+              "rho": cfg.objective.rho, "chi": cfg.objective.chi,
+              **{k: f"{v:.4f}" for k, v in summary.items() if v is not None}},
+    )
+
+
+def connect(cfg: TrainConfig):
+    """Tracking URI (checked within seconds), an MLflow client, and a Ray connection."""
+    from .tracking import check_reachable, configure_client_retries, resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(cfg.run.tracking_uri)
+    check_reachable(tracking_uri)
+    configure_client_retries()
+    import mlflow
+    import ray
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    return tracking_uri, MlflowClient(tracking_uri)
+
+
+def main(argv=None) -> int:
+    setup_logging()
+    args = parse_args(argv)
+    from .tracking import TrackingUnavailableError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        preflight(cfg)
+        tracking_uri, client = connect(cfg)
+    except TrackingUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        outcome = run_training(cfg, client, tracking_uri, register=not args.no_register, alias=args.alias)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if outcome.version is not None:
+        print(f"registered model: models:/{outcome.version.name}@{args.alias} (version {outcome.version.version})")
+    print(f"MLflow run: {outcome.run_id} ({cfg.run.experiment}/{cfg.run.name}) at {tracking_uri}")
+    print("best checkpoint: epoch {}  val clean {}  val PGD-{} {}".format(
+        outcome.best_epoch, _pct(outcome.metrics["val_clean_acc"]), cfg.validation.pgd_steps,
+        _pct(outcome.metrics["val_robust_acc"])))
+    return 0
 
 
 def _latest_history(result, state) -> list[dict]:

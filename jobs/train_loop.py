@@ -24,7 +24,7 @@ from stable_snn.objective import TwoPass, build_optimizer, build_perturbation, t
 from .checkpointing import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .logs import setup_logging
 from .registry import build_network
-from .validation import load_splits
+from .validation import load_splits, validate_inline, validation_subset
 
 log = logging.getLogger("stable_snn.train")
 
@@ -164,6 +164,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _log_missing_epochs(logger, history)
 
     perturbation = build_perturbation(cfg.objective)
+    inline = bool(loop_config.get("inline_validation", False))
+    val_data = validation_subset(cfg) if inline and rank == 0 else None
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -176,7 +178,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         scheduler.step()
         metrics |= _gain_metrics(model)
         history.append({"epoch": epoch, **metrics})
-        _log_epoch_line(cfg, epoch, metrics)
+        if rank == 0:
+            _log_epoch_line(cfg, epoch, metrics)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
@@ -191,12 +194,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 save_checkpoint(Path(tmp), state, cfg)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             report = {"epoch": epoch, **{k: v for k, v in metrics.items() if not k.startswith("dlif_gain/")}}
-            ray.train.report(
-                report, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
-                validation=ray.train.ValidationTaskConfig(fn_kwargs={"epoch": epoch}) if rank == 0 else False,
-            )
+            if inline:
+                val_metrics = validate_inline(model, cfg, val_data, epoch) if rank == 0 else {}
+                metrics |= val_metrics
+                report |= {k: v for k, v in val_metrics.items() if k.startswith("val_")}
+                ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+            else:
+                ray.train.report(
+                    report, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
+                    validation=ray.train.ValidationTaskConfig(fn_kwargs={"epoch": epoch}) if rank == 0 else False,
+                )
         if logger is not None:
-            logger.log({k: v for k, v in metrics.items()}, step=epoch)
+            logger.log(metrics, step=epoch)
         _maybe_inject_failure(cfg, epoch, rank)
     if logger is not None and not logger.flush(deadline_s=float(loop_config.get("flush_deadline_s", 120))):
         raise RuntimeError(

@@ -7,8 +7,13 @@ from .train_loop import train_loop_per_worker
 from .validation import validate_checkpoint
 
 
-def build_trainer(cfg: TrainConfig, run_id: str | None, tracking_uri: str | None, callbacks=None, name: str | None = None):
-    """A ``TorchTrainer`` for ``cfg``: DDP workers, per-epoch checkpoints, async PGD validation, best-k kept."""
+def build_trainer(cfg: TrainConfig, run_id: str | None, tracking_uri: str | None, callbacks=None, inline_validation: bool = False):
+    """A ``TorchTrainer`` for ``cfg``: DDP workers, per-epoch checkpoints, PGD validation, best-k kept.
+
+    Validation runs as Ray Train's asynchronous validation task by default; with
+    ``inline_validation`` rank 0 runs it before each report so the validation metrics are
+    part of the reported metrics (Ray Tune's schedulers need them synchronously).
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -18,7 +23,7 @@ def build_trainer(cfg: TrainConfig, run_id: str | None, tracking_uri: str | None
         resources_per_worker={"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})},
     )
     run_config = ray.train.RunConfig(
-        name=name or cfg.run.name,
+        name=cfg.run.name,
         storage_path=cfg.run.resolved_storage(),
         failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
@@ -28,14 +33,16 @@ def build_trainer(cfg: TrainConfig, run_id: str | None, tracking_uri: str | None
         ),
         callbacks=callbacks,
     )
-    validation = ray.train.ValidationConfig(
+    validation = None if inline_validation else ray.train.ValidationConfig(
         fn=validate_checkpoint,
         task_config=ray.train.ValidationTaskConfig(fn_kwargs={"run_id": run_id, "tracking_uri": tracking_uri}),
         ray_remote_kwargs={"num_cpus": cfg.validation.cpus, "num_gpus": cfg.validation.gpus},
     )
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking_uri},
+        train_loop_config={
+            "config": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking_uri, "inline_validation": inline_validation,
+        },
         scaling_config=scaling,
         run_config=run_config,
         validation_config=validation,

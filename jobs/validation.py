@@ -85,6 +85,18 @@ def evaluate_model(model, cfg: TrainConfig, images: torch.Tensor, labels: torch.
     return metrics
 
 
+def validate_inline(model, cfg: TrainConfig, data, epoch: int) -> dict[str, float]:
+    """Validation on rank 0 inside the training loop (the model's modes are restored afterwards)."""
+    from stable_snn.attacks import eval_mode
+
+    images, labels = data
+    with eval_mode(model):
+        metrics = evaluate_model(model, cfg, images, labels)
+    log.info("[%s] epoch %d validation: clean %.2f%%  PGD-%d %.2f%%  (%d images)", cfg.run.name, epoch,
+             100 * metrics["val_clean_acc"], cfg.validation.pgd_steps, 100 * metrics["val_robust_acc"], len(labels))
+    return metrics
+
+
 def validate_checkpoint(checkpoint, *, epoch: int, run_id: str | None = None, tracking_uri: str | None = None) -> dict:
     """Ray Train validation function: load ``checkpoint``, evaluate, log to MLflow, return metrics."""
     setup_logging()

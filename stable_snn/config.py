@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -297,8 +298,11 @@ def _from_dict(cls, data: Any, prefix: str):
     return cls(**kwargs)
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(hint, value, name: str):
-    """Gentle YAML coercion: ints for float fields; everything else is checked by __post_init__."""
+    """Gentle YAML coercion: ints and exponent strings (4e-3) for float fields; the rest is checked by __post_init__."""
     args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
     if value is None:
         if type(None) in args:
@@ -306,6 +310,8 @@ def _coerce(hint, value, name: str):
         raise ConfigError(f"{name}=None is invalid: a value is required")
     if float in args and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if float in args and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 4e-3 (no dot) as a string
     if bool in args and not isinstance(value, bool):
         raise ConfigError(f"{name}={value!r} is invalid: allowed true or false")
     if str in args and not isinstance(value, str):

@@ -146,7 +146,7 @@ def test_dlif_gains_get_gradients_through_ms_mppd(form):
     clean, pert, y = _outputs(model)
     terms = stable_loss(model, clean, pert, y, ObjectiveConfig(mode="at", rho=1.0))
     layers = model.spiking_layers()
-    grads = torch.autograd.grad(terms.stability, [m.gain for m in layers], allow_unused=True)
+    grads = torch.autograd.grad(terms.stability, [m.gain for m in layers], allow_unused=True, retain_graph=True)
     last = grads[-1]
     assert last is not None
     if form == "leak":  # a[0] multiplies eps[0] = 0

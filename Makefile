@@ -1,0 +1,84 @@
+# stable-snn: `make demo` runs the whole system locally, `make test` runs the whole test suite.
+# Both create the environment (.venv) from nothing on first use.
+
+PYTHON_BIN ?= python3.11
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed-stamp
+
+# CIFAR-10: an offline Parquet copy in ../shared/data/cifar10 beside the clone when there is one,
+# otherwise torchvision's copy, downloaded into ./data on first use.
+OFFLINE_CIFAR10 := $(abspath ../shared/data/cifar10)
+ifneq ($(wildcard $(OFFLINE_CIFAR10)/train.parquet),)
+DATA_ROOT     ?= $(OFFLINE_CIFAR10)
+DATA_DOWNLOAD ?= false
+else
+DATA_ROOT     ?= $(abspath data)
+DATA_DOWNLOAD ?= true
+endif
+
+LOCAL          := $(abspath .local)
+RAY_DASHBOARD  ?= 8265
+MLFLOW_PORT    ?= 5000
+RAY_ADDRESS_HTTP := http://127.0.0.1:$(RAY_DASHBOARD)
+MLFLOW_URI     := http://127.0.0.1:$(MLFLOW_PORT)
+DEMO_MODEL     ?= stable-snn-cifar10-vgg5
+PYTEST_ARGS    ?=
+
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: help venv test test-fast demo stop stack-up stack-status benchmark figures clean
+
+help:
+	@echo "make demo       local Ray head + MLflow server, quick training job, registration, attack evaluation"
+	@echo "make test       the whole test suite (unit + slow integration tests)"
+	@echo "make test-fast  unit tests only (-m 'not slow')"
+	@echo "make stop       stop the local Ray head and MLflow server"
+	@echo "make benchmark  fast vs reference training step (VGG5, T=8, batch 32)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	STABLE_SNN_CIFAR10_PARQUET=$(OFFLINE_CIFAR10) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	STABLE_SNN_CIFAR10_PARQUET=$(OFFLINE_CIFAR10) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+stack-up: $(STAMP)
+	$(PY) -m jobs.local_stack up --root $(LOCAL) --dashboard-port $(RAY_DASHBOARD) --mlflow-port $(MLFLOW_PORT)
+
+stack-status: $(STAMP)
+	$(PY) -m jobs.local_stack status --root $(LOCAL)
+
+stop: $(STAMP)
+	$(PY) -m jobs.local_stack down --root $(LOCAL)
+
+demo: stack-up
+	@RUN=quick-$$($(PY) -c 'import secrets; print(secrets.token_hex(3))'); \
+	COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown); \
+	ENV='{"env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_URI)", "STABLE_SNN_DATA_ROOT": "$(DATA_ROOT)", "STABLE_SNN_STORAGE_PATH": "$(LOCAL)/checkpoints", "STABLE_SNN_GIT_COMMIT": "'$$COMMIT'", "RAY_AUTH_MODE": "disabled"}}'; \
+	echo "== training run $$RUN (jobs/configs/quick.yaml) on $(RAY_ADDRESS_HTTP)"; \
+	$(VENV)/bin/ray job submit --address $(RAY_ADDRESS_HTTP) --working-dir . --runtime-env-json "$$ENV" -- \
+		python -m jobs.train --config jobs/configs/quick.yaml --set run.name=$$RUN --set data.download=$(DATA_DOWNLOAD) \
+		|| exit 1; \
+	echo "== attack evaluation of models:/$(DEMO_MODEL)@candidate (protocol quick)"; \
+	$(VENV)/bin/ray job submit --address $(RAY_ADDRESS_HTTP) --working-dir . --runtime-env-json "$$ENV" -- \
+		python -m jobs.evaluate --model-uri models:/$(DEMO_MODEL)@candidate --protocol quick --limit 500 \
+		--dataset-root $(DATA_ROOT) --workers 2 --promote champion || exit 1; \
+	echo; \
+	echo "MLflow UI:        $(MLFLOW_URI)  (experiment stable-snn, run $$RUN)"; \
+	echo "Ray dashboard:    $(RAY_ADDRESS_HTTP)"; \
+	MLFLOW_TRACKING_URI=$(MLFLOW_URI) $(PY) -c "from mlflow import MlflowClient; mv = MlflowClient().get_model_version_by_alias('$(DEMO_MODEL)', 'candidate'); print(f'Registered model: models:/{mv.name}/{mv.version} (alias candidate; tags {dict(mv.tags)})')"; \
+	echo "Stop the services with: make stop"
+
+benchmark: $(STAMP)
+	$(PY) -m jobs.benchmark --arch vgg5 --timesteps 8 --batch-size 32 --mode at --rho 1.0
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

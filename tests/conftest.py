@@ -1,0 +1,35 @@
+"""Suite-wide fixtures: where CIFAR-10 comes from, and the services of the slow tests."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Cifar10Source:
+    """Where the data-hungry tests read CIFAR-10: the offline Parquet copy, or torchvision's download."""
+
+    root: Path
+    download: bool
+
+    def overrides(self) -> list[str]:
+        return ["--set", f"data.root={self.root}", "--set", f"data.download={'true' if self.download else 'false'}"]
+
+
+def offline_cifar10() -> Path:
+    env = os.environ.get("STABLE_SNN_CIFAR10_PARQUET")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def cifar10() -> Cifar10Source:
+    """The offline Parquet copy when present, else CIFAR-10 downloaded by torchvision into ./data."""
+    parquet = offline_cifar10()
+    if (parquet / "train.parquet").is_file():
+        return Cifar10Source(parquet, False)
+    return Cifar10Source(REPO / "data", True)
