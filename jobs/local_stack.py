@@ -152,8 +152,12 @@ def ray_answers(address: str) -> bool:
 
 
 def answers(service: Service) -> bool:
-    return mlflow_answers(service.address) if service.kind == MLFLOW else (
-        ray_answers(service.address) if service.kind == RAY_HEAD else _alive(service))
+    """The service answers its clients (a worker node has no endpoint of its own: it runs)."""
+    if service.kind == MLFLOW:
+        return mlflow_answers(service.address)
+    if service.kind == RAY_HEAD:
+        return ray_answers(service.address)
+    return _alive(service)
 
 
 # ----------------------------------------------------------------------------- /proc process table
@@ -217,53 +221,79 @@ def _still_running(procs: dict[int, int]) -> dict[int, int]:
     return out
 
 
-def _wait_gone(procs: dict[int, int], deadline: float, proc: subprocess.Popen | None) -> dict[int, int]:
+def _wait_gone(procs: dict[int, int], deadline: float, children: list[subprocess.Popen]) -> dict[int, int]:
     while True:
-        if proc is not None:
-            proc.poll()  # reap our own child so it does not linger as a zombie
+        for proc in children:
+            proc.poll()  # reap our own children so they do not linger as zombies
         left = _still_running(procs)
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.1)
 
 
+def _group_members(pgid: int, not_before: int) -> dict[int, int]:
+    """Running members of process group ``pgid`` started no earlier than its leader (``not_before``)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _proc_stat(int(entry))) is not None:
+            if st[1] == pgid and st[3] >= not_before and st[2] not in ("Z", "X"):
+                out[int(entry)] = st[3]
+    return out
+
+
 def stop(service: Service, timeout: float = 30.0) -> None:
     """Stop a service this stack started: SIGTERM its leader, then SIGKILL whatever of its
     process tree and process group is left after ``timeout`` / 2. A service with ``pid=None``
     (found answering, started elsewhere) or whose pid now names another process is left alone."""
-    if service.pid is None:
-        log.info("%s at %s was not started by this stack: leaving it running", service.name, service.address)
-        return
-    if not _alive(service):
-        if service._proc is not None:
-            service._proc.poll()
-        return
+    stop_all([service], timeout)
+
+
+def stop_all(services: list[Service], timeout: float = 30.0) -> list[str]:
+    """Stop several services at once (same rules as ``stop``); returns the names of those stopped."""
+    ours = []
+    for svc in services:
+        if svc.pid is None:
+            log.info("%s at %s was not started by this stack: leaving it running", svc.name, svc.address)
+        elif _alive(svc):
+            ours.append(svc)
+        elif svc._proc is not None:
+            svc._proc.poll()
+    if not ours:
+        return []
     deadline = time.monotonic() + timeout
-    procs = _tree(service.pid)
-    # Only the leader gets SIGTERM: `ray start --block` then shuts its node down in order
+    trees = {svc.name: _tree(svc.pid) for svc in ours}
+    procs = {pid: start for tree in trees.values() for pid, start in tree.items()}
+    children = [svc._proc for svc in ours if svc._proc is not None]
+    # Only the leaders get SIGTERM: `ray start --block` then shuts its node down in order
     # (signalling the whole group first would kill the GCS the raylet still talks to).
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(service.pid, signal.SIGTERM)
-    left = _wait_gone(procs, time.monotonic() + timeout / 2, service._proc)
+    for svc in ours:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(svc.pid, signal.SIGTERM)
+    left = _wait_gone(procs, time.monotonic() + timeout / 2, children)
     if left:
-        log.warning("%s: %d processes ignored SIGTERM, killing them", service.name, len(left))
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(service.pid, signal.SIGKILL)
+        for svc in ours:
+            left.update(_group_members(svc.pid, svc.started_at or 0))  # members started after the snapshot
+        log.warning("%s: %d processes ignored SIGTERM, killing them", ", ".join(t for t in trees), len(left))
         for pid in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        left = _wait_gone(left, deadline, service._proc)
+        left = _wait_gone(left, deadline, children)
     if left:
-        raise StackError(f"{service.name}: processes {sorted(left)} survived SIGKILL")
+        raise StackError(f"processes {sorted(left)} of {', '.join(trees)} survived SIGKILL")
+    return [svc.name for svc in ours]
 
 
 # ----------------------------------------------------------------------------- layout and pid files
 
 
+def project_dir() -> Path:
+    """The repository (or the working directory, for an installed package)."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
+
+
 def default_root() -> Path:
-    """``.local/`` in the repository (or in the working directory for an installed package)."""
-    base = REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
-    return base / ".local"
+    """``.local/`` in the repository."""
+    return project_dir() / ".local"
 
 
 def ray_temp_dir(root: Path) -> Path:
@@ -443,7 +473,7 @@ def start_ray_head(root: Path, port: int, dashboard_port: int, host: str = "127.
     if object_store_memory is not None:
         cmd += ["--object-store-memory", str(object_store_memory)]
     log_path = root / "logs" / f"{RAY_HEAD}.log"
-    proc = _spawn(cmd, log_path, _ray_env(env), cwd=Path(cwd) if cwd else REPO_ROOT)
+    proc = _spawn(cmd, log_path, _ray_env(env), cwd=Path(cwd) if cwd else project_dir())
     service = Service(name=RAY_HEAD, kind=RAY_HEAD, address=f"http://{_client_host(host)}:{dashboard_port}",
                       pid=proc.pid, log=log_path, gcs_address=f"{_client_host(host)}:{port}",
                       log_dir=temp_dir / "session_latest" / "logs", started_at=_proc_stat(proc.pid)[3], _proc=proc)
@@ -477,7 +507,7 @@ def start_ray_worker(root: Path, gcs_address: str, num_cpus: int, resources: dic
         n += 1
     name = f"{RAY_WORKER}-{n}"
     log_path = root / "logs" / f"{name}.log"
-    proc = _spawn(cmd, log_path, _ray_env(env), cwd=Path(cwd) if cwd else REPO_ROOT)
+    proc = _spawn(cmd, log_path, _ray_env(env), cwd=Path(cwd) if cwd else project_dir())
     service = Service(name=name, kind=RAY_WORKER, address=gcs_address, pid=proc.pid, log=log_path,
                       gcs_address=gcs_address, started_at=_proc_stat(proc.pid)[3], _proc=proc)
     _save(root, service)
@@ -501,8 +531,11 @@ def _logged_log_dir(log_path: Path) -> Path | None:
 def _ready(service: Service) -> bool:
     if service.kind == MLFLOW:
         return mlflow_answers(service.address)
-    if service.kind == RAY_HEAD and not ray_answers(service.address):
-        return False
+    if service.kind == RAY_HEAD:
+        if not ray_answers(service.address):
+            return False
+        if service.reused:
+            return True
     return _logged_log_dir(service.log) is not None
 
 
@@ -592,12 +625,10 @@ def up(root: Path | None = None, ray_port: int = 6379, dashboard_port: int = 826
 def down(root: Path | None = None, timeout: float = 30.0) -> list[str]:
     """Stop every service with a pid file under ``root`` (workers, head, MLflow); returns their names."""
     root = Path(root or default_root()).resolve()
-    stopped = []
     with _lock(root):
-        for svc in recorded(root):
-            if _alive(svc):
-                stop(svc, timeout)
-                stopped.append(svc.name)
+        services = recorded(root)
+        stopped = stop_all(services, timeout)  # in parallel: one wait for all of them
+        for svc in services:
             _state_file(root, svc.name).unlink(missing_ok=True)
     return stopped
 
@@ -646,9 +677,12 @@ def main(argv: list[str] | None = None) -> int:
         mlflow, ray = services[MLFLOW], services[RAY_HEAD]
         print(_describe(mlflow))
         print(_describe(ray))
-        print("# for your shell:")
+        print("# for your shell (ray job submit reads RAY_API_SERVER_ADDRESS, ray.init() RAY_ADDRESS):")
         print(f"export MLFLOW_TRACKING_URI={mlflow.address}")
-        print(f"export RAY_ADDRESS={ray.address}")
+        print(f"export RAY_API_SERVER_ADDRESS={ray.address}")
+        if ray.gcs_address:
+            print(f"export RAY_ADDRESS={ray.gcs_address}")
+        print("export RAY_AUTH_MODE=disabled")
         return 0
     if args.command == "down":
         stopped = down(root)

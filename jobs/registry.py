@@ -145,7 +145,8 @@ def load_registered_model(model_uri: str, client=None) -> LoadedModel:
     client = client or MlflowClient()
     mv = resolve_model_version(client, model_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=tmp))
+        location = client.get_model_version_download_uri(mv.name, mv.version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=client.tracking_uri))
         artifacts = local / "artifacts"
         model, cfg = build_from_artifacts(artifacts / WEIGHTS, artifacts / CONFIG)
     return LoadedModel(model, cfg, mv.name, str(mv.version), mv.run_id)

@@ -5,8 +5,10 @@ Only the driver and rank 0 (plus the validation task acting for rank 0) talk to 
 from __future__ import annotations
 
 import logging
+import json
 import os
 import time
+import uuid
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -72,34 +74,67 @@ def find_run(client, exp_id: str, run_name: str, job: str = "train"):
 
 
 class RunLogger:
-    """Logs metrics to one MLflow run; on failure keeps them and retries at the next call.
+    """Logs metrics to one MLflow run and never loses them to an outage.
 
-    ``flush(deadline_s)`` retries until the server answers or the deadline passes; what is
-    still pending then is reported, never silently dropped.
+    Metrics that cannot be sent are written to an outbox folder (one JSON file per batch,
+    in the run's storage folder when it is a local or shared file system) and sent by a
+    later :meth:`log` or :meth:`flush` of any process that logs to the same run: the
+    rank-0 worker, the validation task or the driver.  ``flush(deadline_s)`` retries until
+    the server answers or the deadline passes and reports whether everything was sent.
     """
 
-    def __init__(self, client, run_id: str) -> None:
+    def __init__(self, client, run_id: str, outbox: Path | None = None) -> None:
         self.client = client
         self.run_id = run_id
-        self.pending: list = []
+        self.outbox = Path(outbox) if outbox is not None else None
+        self.pending: list[dict] = []
 
     def log(self, metrics: dict[str, float], step: int) -> bool:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None)
+        self.pending.extend({"key": k, "value": float(v), "timestamp": now, "step": int(step)} for k, v in metrics.items() if v is not None)
         return self._try_flush()
 
+    def _send(self, batch: list[dict]) -> None:
+        from mlflow.entities import Metric
+
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=[Metric(**m) for m in batch[i : i + 500]])
+
+    def _outbox_files(self) -> list[Path]:
+        if self.outbox is None or not self.outbox.is_dir():
+            return []
+        return sorted(self.outbox.glob("*.json"))
+
     def _try_flush(self) -> bool:
-        while self.pending:
-            batch = self.pending[:500]
-            try:
-                self.client.log_batch(self.run_id, metrics=batch)
-            except Exception as e:  # network errors take many shapes; keep the metrics and move on
-                log.warning("MLflow logging failed (%s); %d metric values kept for retry", type(e).__name__, len(self.pending))
-                return False
-            del self.pending[: len(batch)]
-        return True
+        try:
+            for path in self._outbox_files():
+                self._send(json.loads(path.read_text()))
+                path.unlink()
+            if self.pending:
+                self._send(self.pending)
+                self.pending = []
+            return True
+        except Exception as e:  # network errors take many shapes; keep the metrics, never drop them
+            log.warning("MLflow logging to run %s failed (%s: %s); metrics kept for retry", self.run_id, type(e).__name__, e)
+            self._park()
+            return False
+
+    def _park(self) -> None:
+        """Move pending metrics to the outbox (durable across process restarts)."""
+        if self.outbox is None or not self.pending:
+            return
+        try:
+            self.outbox.mkdir(parents=True, exist_ok=True)
+            tmp = self.outbox / f".{uuid.uuid4().hex}.tmp"
+            tmp.write_text(json.dumps(self.pending))
+            tmp.rename(self.outbox / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json")
+            self.pending = []
+        except OSError as e:
+            log.warning("could not write the MLflow outbox %s (%s); metrics stay in memory", self.outbox, e)
+
+    @property
+    def unsent(self) -> int:
+        return len(self.pending) + sum(len(json.loads(p.read_text())) for p in self._outbox_files())
 
     def flush(self, deadline_s: float = 60.0, interval_s: float = 5.0) -> bool:
         end = time.monotonic() + deadline_s
@@ -108,3 +143,8 @@ class RunLogger:
                 return False
             time.sleep(interval_s)
         return True
+
+
+def outbox_for(storage: str, run_name: str) -> Path | None:
+    """The outbox folder of a run, when its storage path is a file system path."""
+    return None if "://" in storage else Path(storage) / run_name / "mlflow-outbox"

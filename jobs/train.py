@@ -23,6 +23,8 @@ from .logs import setup_logging
 
 log = logging.getLogger("stable_snn.train")
 
+OUTBOX_DEADLINE_S = float(os.environ.get("STABLE_SNN_OUTBOX_DEADLINE_S", "300"))
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -60,11 +62,16 @@ def git_commit() -> str | None:
         return None
 
 
-def preflight(cfg: TrainConfig) -> None:
-    """Checks that need no compute: the dataset is where the config says."""
+def preflight(cfg: TrainConfig) -> TrainConfig:
+    """Checks that need no compute (the dataset is where the config says), and the config with its
+    locations resolved by the driver (data root, storage path), so every worker on every node reads
+    the same ones and the logged config says where they were."""
+    from stable_snn.config import apply_overrides
     from stable_snn.data.formats import resolve_format
 
-    resolve_format(cfg.data.dataset, cfg.data.resolved_root(), "train", format=cfg.data.format, download=cfg.data.download)
+    root = cfg.data.resolved_root()
+    resolve_format(cfg.data.dataset, root, "train", format=cfg.data.format, download=cfg.data.download)
+    return apply_overrides(cfg, [f"data.root={root}", f"run.storage_path={cfg.run.resolved_storage()}"])
 
 
 def open_run(client, cfg: TrainConfig, tracking_uri: str, parent_run_id: str | None = None, extra_tags: dict | None = None):
@@ -154,7 +161,8 @@ def run_training(
     import ray
 
     from .checkpointing import load_checkpoint
-    from .registry import build_network, log_and_register
+    from .registry import build_network
+    from .tracking import RunLogger, TrackingUnavailableError, outbox_for
     from .trainer import best_checkpoint, build_trainer
 
     run_id, _ = open_run(client, cfg, tracking_uri, parent_run_id=parent_run_id, extra_tags=extra_tags)
@@ -169,6 +177,13 @@ def run_training(
                  cfg.run.num_workers, run_id, tracking_uri)
         trainer = build_trainer(cfg, run_id, tracking_uri, callbacks=callbacks, inline_validation=inline_validation)
         result = trainer.fit()
+        outbox = RunLogger(client, run_id, outbox_for(cfg.run.resolved_storage(), cfg.run.name))
+        if not outbox.flush(deadline_s=OUTBOX_DEADLINE_S):
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {tracking_uri} stayed unreachable for {OUTBOX_DEADLINE_S:.0f} s after training: "
+                f"{outbox.unsent} metric values wait in {outbox.outbox} and nothing was registered; the checkpoints "
+                f"are intact in {cfg.run.resolved_storage()}/{cfg.run.name} (relaunch with the same run.name to finish)"
+            )
         ckpt, metrics = best_checkpoint(result)
         if ckpt is None:
             raise RuntimeError("training reported no checkpoint")
@@ -230,8 +245,7 @@ def main(argv=None) -> int:
     from .tracking import TrackingUnavailableError
 
     try:
-        cfg = load_config(args.config, args.overrides)
-        preflight(cfg)
+        cfg = preflight(load_config(args.config, args.overrides))
         tracking_uri, client = connect(cfg)
     except TrackingUnavailableError as e:
         print(f"error: {e}", file=sys.stderr)

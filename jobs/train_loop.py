@@ -157,10 +157,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if rank == 0 and run_id and tracking_uri:
         from mlflow import MlflowClient
 
-        from .tracking import RunLogger, configure_client_retries
+        from .tracking import RunLogger, configure_client_retries, outbox_for
 
         configure_client_retries()
-        logger = RunLogger(MlflowClient(tracking_uri), run_id)
+        logger = RunLogger(MlflowClient(tracking_uri), run_id, outbox_for(cfg.run.resolved_storage(), cfg.run.name))
         _log_missing_epochs(logger, history)
 
     perturbation = build_perturbation(cfg.objective)
@@ -207,17 +207,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if logger is not None:
             logger.log(metrics, step=epoch)
         _maybe_inject_failure(cfg, epoch, rank)
-    if logger is not None and not logger.flush(deadline_s=float(loop_config.get("flush_deadline_s", 120))):
-        raise RuntimeError(
-            f"MLflow at {tracking_uri} stayed unreachable: {len(logger.pending)} metric values could not be logged "
-            "(the checkpoints are intact in the run's storage path)"
-        )
+    if logger is not None and not logger.flush(deadline_s=float(loop_config.get("flush_deadline_s", 10))):
+        log.warning("MLflow at %s is unreachable; %d metric values wait in the outbox for the driver", tracking_uri, logger.unsent)
 
 
 def _log_missing_epochs(logger, history: list[dict]) -> None:
-    """On resume: log any checkpointed epoch whose metrics did not reach MLflow."""
-    if not history:
-        return
+    """On resume: send the outbox, then log any checkpointed epoch whose metrics never reached MLflow."""
+    if not history or not logger.flush(deadline_s=0):
+        return  # the server is away: what is in the outbox is sent later, nothing is re-logged blindly
     try:
         logged = {m.step for m in logger.client.get_metric_history(logger.run_id, "train_loss")}
     except Exception as e:

@@ -223,7 +223,7 @@ def main(argv=None) -> int:
         base = load_config(args.config, args.overrides)
         space = load_space(args.space, base)
         name = args.name or space.name
-        preflight(base)
+        base = preflight(base)
         tracking_uri, client = connect(base)
         parent = open_parent_run(client, base, name, Path(args.space), args.resume)
     except TrackingUnavailableError as e:

@@ -114,8 +114,8 @@ def validate_checkpoint(checkpoint, *, epoch: int, run_id: str | None = None, tr
     if run_id and tracking_uri:
         from mlflow import MlflowClient
 
-        from .tracking import RunLogger, configure_client_retries
+        from .tracking import RunLogger, configure_client_retries, outbox_for
 
         configure_client_retries()
-        RunLogger(MlflowClient(tracking_uri), run_id).log(metrics, step=epoch)
+        RunLogger(MlflowClient(tracking_uri), run_id, outbox_for(cfg.run.resolved_storage(), cfg.run.name)).log(metrics, step=epoch)
     return {k: v for k, v in metrics.items() if k.startswith("val_")} | {"epoch": epoch}

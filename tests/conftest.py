@@ -33,3 +33,6 @@ def cifar10() -> Cifar10Source:
     if (parquet / "train.parquet").is_file():
         return Cifar10Source(parquet, False)
     return Cifar10Source(REPO / "data", True)
+
+
+pytest_plugins = ["tests.fixtures_services"]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..neurons import LIF, build_neuron
+from ..neurons.fused import KERNELS
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -56,16 +57,43 @@ class Synapse:
 
 
 class SpikingNetwork(nn.Module):
-    """Base of every model: normalisation inside, direct encoding over T steps."""
+    """Base of every model: normalisation inside, direct encoding over T steps.
 
-    def __init__(self, timesteps: int, in_channels: int = 3, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> None:
+    Two ways through the same modules compute the same function:
+
+    * the *module path* (:meth:`run`): every layer called as a module on ``[T, B, *]``
+      folded into the batch; taken when any neuron is on the ``"reference"`` backend or any
+      submodule has hooks (so hooks and backends behave as documented);
+    * the *fast path* (:meth:`run_fast`, the default): layers before the first neuron run
+      once on the ``[B, ...]`` image instead of T times on identical copies (exact; the
+      BatchNorm running variance counts the T copies); convolutions in channels-last
+      with a chunked weight gradient (:mod:`.fast`); each BatchNorm-neuron(-2x2 average
+      pooling) triple as one fused autograd Function (:mod:`stable_snn.neurons.fused`)
+      whose kernels are ``kernels="eager"`` (plain PyTorch) or ``"compiled"``
+      (``torch.compile``).
+    """
+
+    def __init__(self, timesteps: int, in_channels: int = 3, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                 kernels: str = "eager") -> None:
         super().__init__()
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
         self.timesteps = timesteps
         self.in_channels = in_channels
+        self.kernels = kernels
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def kernels(self) -> str:
+        """Kernels of the fast path's fused neurons: ``"eager"`` or ``"compiled"`` (``torch.compile``)."""
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, value: str) -> None:
+        if value not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {value!r}")
+        self._kernels = value
 
     # -- pieces subclasses use -------------------------------------------------
     def _neuron(self, neuron: str, neuron_kwargs: dict) -> LIF:
@@ -79,26 +107,48 @@ class SpikingNetwork(nn.Module):
             trace.spikes.append(s)
         return s
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``[B, C, H, W]`` images and repeat them T times: ``[T, B, C, H, W]``."""
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``[B, C, H, W]`` images in [0, 1] with the dataset's mean and std."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"{type(self).__name__} expects images of shape [B, {self.in_channels}, H, W], got {tuple(x.shape)}"
             )
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``[B, C, H, W]`` images and repeat them T times: ``[T, B, C, H, W]``."""
+        x = self.normalize(x)
         return x.unsqueeze(0).expand(self.timesteps, *x.shape)
 
     def run(self, seq: torch.Tensor, trace: _Trace) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def run_fast(self, x: torch.Tensor, trace: _Trace) -> torch.Tensor:
+        """The fast path from normalised images ``[B, C, H, W]`` (default: the module path)."""
+        return self.run(x.unsqueeze(0).expand(self.timesteps, *x.shape), trace)
+
+    def uses_fast_path(self) -> bool:
+        """Whether :meth:`forward` takes the fast path: every neuron on the "fused" backend, no submodule hooks."""
+        for m in self.modules():
+            if m is not self and (m._forward_hooks or m._forward_pre_hooks):
+                return False
+        return all(m.backend == "fused" for m in self.spiking_layers())
+
     def synapses(self) -> list[Synapse]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- public API ------------------------------------------------------------
-    def forward(self, x: torch.Tensor, return_internals: bool = False):
-        """``x``: ``[B, C, H, W]`` in [0, 1] -> logits ``[T, B, classes]`` (or :class:`SNNOutput`)."""
-        trace = _Trace(record=return_internals)
-        logits = self.run(self.encode(x), trace)
+    def forward(self, x: torch.Tensor, return_internals: bool = False, *, record_spikes: bool = True):
+        """``x``: ``[B, C, H, W]`` in [0, 1] -> logits ``[T, B, classes]`` (or :class:`SNNOutput`).
+
+        ``record_spikes=False`` leaves ``SNNOutput.spikes`` empty (the MS-MPPD objective needs
+        only ``last_current``), which lets the fast path fuse pooling into the neurons.
+        """
+        trace = _Trace(record=return_internals and record_spikes)
+        if self.uses_fast_path():
+            logits = self.run_fast(self.normalize(x), trace)
+        else:
+            logits = self.run(self.encode(x), trace)
         if not return_internals:
             return logits
         return SNNOutput(logits, trace.last_current, tuple(trace.spikes))

@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..neurons import LIF
+from ..neurons.fused import fused_lif
 from .base import SpikingNetwork, Synapse, _Trace, fold
+from .fast import channels_last_5d, conv2d, from_channels_last_5d
 
 VGG_LAYOUTS = {
     "vgg5": (64, "A", 128, 128, "A"),
@@ -31,10 +34,11 @@ class SpikingVGG(SpikingNetwork):
         in_channels: int = 3,
         mean=None,
         std=None,
+        kernels: str = "eager",
         **neuron_kwargs,
     ) -> None:
         kw = {"mean": mean, "std": std}
-        super().__init__(timesteps, in_channels, **{k: v for k, v in kw.items() if v is not None})
+        super().__init__(timesteps, in_channels, kernels=kernels, **{k: v for k, v in kw.items() if v is not None})
         if width <= 0:
             raise ValueError(f"width must be > 0, got {width}")
         if classifier_width < 1:
@@ -80,10 +84,56 @@ class SpikingVGG(SpikingNetwork):
             x = fold(nn.Sequential(*pending), x)
         return fold(self.head, x)
 
+    def run_fast(self, x: torch.Tensor, trace: _Trace) -> torch.Tensor:
+        """Fast path (see :class:`SpikingNetwork`); ``x``: normalised images ``[B, C, H, W]``.
+
+        ``h`` holds ``[tx * B, ...]`` with ``tx = 1`` while the input is still identical at
+        every step (before the first neuron) and ``tx = T`` after it.
+        """
+        T, B = self.timesteps, x.shape[0]
+        layers = list(self.layers)
+        last = max(i for i, m in enumerate(layers) if isinstance(m, LIF))
+        h, tx, i = x.contiguous(memory_format=torch.channels_last), 1, 0
+        while i < len(layers):
+            layer, nxt = layers[i], layers[i + 1:i + 4]
+            if (isinstance(layer, nn.Conv2d) and len(nxt) >= 2 and isinstance(nxt[0], nn.BatchNorm2d)
+                    and isinstance(nxt[1], LIF) and i + 2 != last):
+                y = conv2d(h, layer)
+                pool = (not trace.record and len(nxt) == 3 and _is_pool2(nxt[2])
+                        and y.shape[2] % 2 == 0 and y.shape[3] % 2 == 0)
+                s = fused_lif(channels_last_5d(y, tx), nxt[1], T, nxt[0], pool, self.kernels)
+                if trace.record:
+                    trace.spikes.append(s.permute(0, 1, 4, 2, 3))
+                h, tx, i = from_channels_last_5d(s), T, i + (4 if pool else 3)
+            elif isinstance(layer, LIF):
+                current = h.unflatten(0, (tx, B))
+                if i == last:
+                    trace.last_current = current.expand(T, *current.shape[1:])
+                s = fused_lif(current, layer, T, None, False, self.kernels)
+                if trace.record:
+                    trace.spikes.append(s)
+                h, tx, i = s.flatten(0, 1), T, i + 1
+            else:
+                if isinstance(layer, nn.Flatten):
+                    h = h.contiguous()  # NCHW order, as the classifier's weights expect
+                h = conv2d(h, layer) if isinstance(layer, nn.Conv2d) else layer(h)
+                i += 1
+        logits = self.head(h).unflatten(0, (tx, B))
+        return logits.expand(T, *logits.shape[1:])
+
     def synapses(self) -> list[Synapse]:
         return [
             Synapse(f"layers.{n}", self.layers[n], [self.layers[i] for i in ops]) for n, ops in self._synapses
         ]
+
+
+def _is_pool2(m: nn.Module) -> bool:
+    """An AvgPool2d(2) (2x2 windows, stride 2, no padding) that the fused kernels can absorb."""
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    return (isinstance(m, nn.AvgPool2d) and pair(m.kernel_size) == (2, 2) and pair(m.stride or m.kernel_size) == (2, 2)
+            and pair(m.padding) == (0, 0) and not m.ceil_mode and m.divisor_override is None)
 
 
 def vgg5(**kwargs) -> SpikingVGG:
