@@ -30,9 +30,9 @@ def tag_prefix(protocol: str) -> str:
     return f"eval.{protocol}"
 
 
-def data_key(dataset: str, limit: int) -> str:
-    """What "the same data" means for comparing versions: the dataset and the first ``limit`` test images."""
-    return f"{dataset}:test[:{limit}]"
+def data_key(dataset: str, limit: int | None, data_seed: int = 0) -> str:
+    """What "the same data" means when comparing versions: the whole test split, or its balanced subset."""
+    return f"{dataset}:test" if limit is None else f"{dataset}:test:balanced-{limit}:seed{data_seed}"
 
 
 def write_results_parquet(result: ProtocolResult, path: Path, sample_ids=None) -> Path:
@@ -84,11 +84,11 @@ def metrics_of(result: ProtocolResult) -> dict[str, float]:
     return metrics
 
 
-def version_tags(result: ProtocolResult, *, dataset: str, limit: int, run_id: str) -> dict[str, str]:
-    """Headline numbers as model-version tags ``eval.<protocol>.<row>``, plus the data, run and flags."""
+def version_tags(result: ProtocolResult, *, data: str, run_id: str) -> dict[str, str]:
+    """Headline numbers as model-version tags ``eval.<protocol>.<row>``, plus the data (:func:`data_key`), run and flags."""
     prefix = tag_prefix(result.protocol)
     tags = {f"{prefix}.{name}": f"{acc:.4f}" for name, acc in result.accuracies.items()}
-    tags[f"{prefix}.data"] = data_key(dataset, limit)
+    tags[f"{prefix}.data"] = data
     tags[f"{prefix}.run_id"] = run_id
     if result.flags:
         tags[f"{prefix}.flags"] = ",".join(result.raised_flags) or "none"

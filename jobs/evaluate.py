@@ -4,7 +4,9 @@
         [--limit N] [--dataset-root DIR] [--workers K] [--batch-size B] [--seed S] [--promote champion]
 
 * loads the model version from the MLflow registry (tracking URI from ``MLFLOW_TRACKING_URI``)
-  and the first ``--limit`` images of its dataset's test split;
+  and its dataset's test split, or with ``--limit N`` a class-balanced subset of N test images
+  drawn with ``--data-seed`` (nested: a smaller N gives a prefix of the same order; the Parquet
+  copy is sorted by class, so "the first N" would be one class);
 * runs the protocol (``stable_snn.attacks.protocols``) in-process (``--workers 0``) or on
   ``--workers`` Ray actors that each hold the model (Ray from ``--ray-address`` /
   ``RAY_ADDRESS``, else a local instance); results do not depend on the number of workers;
@@ -50,7 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-uri", required=True, help="models:/<name>@<alias> or models:/<name>/<version>")
     p.add_argument("--protocol", required=True, help=f"one of: {', '.join(list_protocols())}")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N test images (default: all)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate a class-balanced subset of N test images (default: all)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the --limit subset (default 0)")
     p.add_argument("--dataset-root", default=None,
                    help="data root (default: the model's data.root, $STABLE_SNN_DATA_ROOT or ./data)")
     p.add_argument("--workers", type=int, default=0, help="Ray actors holding the model (0: in-process)")
@@ -81,6 +85,8 @@ def validate_args(args: argparse.Namespace) -> Protocol:
         raise EvaluationInputError(f"--batch-size={args.batch_size} is invalid: allowed an integer >= 1")
     if args.seed < 0:
         raise EvaluationInputError(f"--seed={args.seed} is invalid: allowed an integer >= 0")
+    if args.data_seed < 0:
+        raise EvaluationInputError(f"--data-seed={args.data_seed} is invalid: allowed an integer >= 0")
     if args.threads is not None and args.threads < 1:
         raise EvaluationInputError(f"--threads={args.threads} is invalid: allowed an integer >= 1")
     if args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
@@ -102,10 +108,16 @@ class TestSet:
     indices: torch.Tensor  # [N] positions in the test split
     dataset: str
     root: str
+    key: str  # what "the same data" means when comparing model versions
 
 
-def load_test_set(cfg, dataset_root: str | None, limit: int | None) -> TestSet:
+def load_test_set(cfg, dataset_root: str | None, limit: int | None, data_seed: int = 0) -> TestSet:
+    import numpy as np
+
     from stable_snn.data import DatasetNotFoundError, load_arrays
+    from stable_snn.data.splits import subset_indices
+
+    from .eval_report import data_key
 
     dataset = cfg.data.dataset
     root = Path(dataset_root).expanduser().resolve() if dataset_root else cfg.data.resolved_root()
@@ -114,10 +126,13 @@ def load_test_set(cfg, dataset_root: str | None, limit: int | None) -> TestSet:
                              download=cfg.data.download)
     except (DatasetNotFoundError, ValueError) as e:
         raise EvaluationInputError(str(e)) from None
-    n = len(arrays.labels) if limit is None else min(limit, len(arrays.labels))
-    images = torch.from_numpy(arrays.images[:n].copy()).permute(0, 3, 1, 2).float().div_(255)
-    labels = torch.from_numpy(arrays.labels[:n].copy()).long()
-    return TestSet(images, labels, torch.arange(n), dataset, str(root))
+    total = len(arrays.labels)
+    size = None if limit is None or limit >= total else limit
+    idx = subset_indices(arrays.labels, size, np.random.default_rng(data_seed))
+    images = torch.from_numpy(arrays.images[idx]).permute(0, 3, 1, 2).float().div_(255)
+    labels = torch.from_numpy(arrays.labels[idx]).long()
+    return TestSet(images, labels, torch.from_numpy(idx).long(), dataset, str(root),
+                   data_key(dataset, size, data_seed))
 
 
 def progress_logger(protocol: str, batch_size: int):
@@ -168,14 +183,16 @@ def log_run(client, *, experiment_id: str, loaded, protocol: Protocol, result: P
         JOB_KIND_TAG: JOB, RUN_NAME_TAG: run_name, "mlflow.runName": run_name,
         "model_name": loaded.name, "model_version": str(loaded.version), "source_run_id": loaded.run_id or "",
         "model_uri": args.model_uri, "protocol": protocol.name, "dataset": test.dataset,
-        "limit": str(len(test.labels)), "seed": str(args.seed), "batch_size": str(args.batch_size),
+        "limit": str(len(test.labels)), "data": test.key, "seed": str(args.seed),
+        "batch_size": str(args.batch_size),
     }
     run = client.create_run(experiment_id, tags=tags, run_name=run_name)
     run_id = run.info.run_id
     status = "FAILED"
     try:
         for k, v in {"protocol": protocol.name, "limit": len(test.labels), "batch_size": args.batch_size,
-                     "seed": args.seed, "workers": args.workers, "dataset": test.dataset}.items():
+                     "seed": args.seed, "data_seed": args.data_seed, "workers": args.workers,
+                     "dataset": test.dataset}.items():
             client.log_param(run_id, k, v)
         metrics = metrics_of(result)
         metrics["seconds_total"] = elapsed
@@ -186,7 +203,7 @@ def log_run(client, *, experiment_id: str, loaded, protocol: Protocol, result: P
             tmp = Path(tmp)
             write_results_parquet(result, tmp / RESULTS_PARQUET, test.indices)
             header = {"model": f"models:/{loaded.name}/{loaded.version}", "source run": loaded.run_id,
-                      "protocol": protocol.name, "dataset": f"{test.dataset} test, first {len(test.labels)} images",
+                      "protocol": protocol.name, "data": f"{test.key} ({len(test.labels)} images)",
                       "seed": str(args.seed), "batch size": str(args.batch_size)}
             (tmp / RESULTS_MARKDOWN).write_text(results_markdown(result, header))
             if protocol.name == "eps-curve":
@@ -200,9 +217,9 @@ def log_run(client, *, experiment_id: str, loaded, protocol: Protocol, result: P
 
 
 def tag_and_promote(client, *, loaded, result: ProtocolResult, test: TestSet, run_id: str, promote: str | None) -> None:
-    from .eval_report import data_key, decide_promotion, version_tags
+    from .eval_report import decide_promotion, version_tags
 
-    for k, v in version_tags(result, dataset=test.dataset, limit=len(test.labels), run_id=run_id).items():
+    for k, v in version_tags(result, data=test.key, run_id=run_id).items():
         client.set_model_version_tag(loaded.name, loaded.version, k, v)
     if promote is None:
         return
@@ -213,7 +230,7 @@ def tag_and_promote(client, *, loaded, result: ProtocolResult, test: TestSet, ru
     except MlflowException:
         holder = None
     decision = decide_promotion(
-        protocol=result.protocol, data=data_key(test.dataset, len(test.labels)), candidate_version=str(loaded.version),
+        protocol=result.protocol, data=test.key, candidate_version=str(loaded.version),
         candidate_score=result.accuracies[WORST_CASE],
         champion_version=None if holder is None else str(holder.version),
         champion_tags=None if holder is None else dict(holder.tags),
@@ -250,7 +267,7 @@ def main(argv=None) -> int:
             loaded = load_registered_model(args.model_uri, client=client)
         except ModelNotFoundError as e:
             raise EvaluationInputError(str(e)) from None
-        test = load_test_set(loaded.config, args.dataset_root, args.limit)
+        test = load_test_set(loaded.config, args.dataset_root, args.limit, args.data_seed)
     except EvaluationInputError as e:
         print(f"jobs.evaluate: error: {e}", file=sys.stderr)
         return 2

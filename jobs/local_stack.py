@@ -486,12 +486,15 @@ def start_ray_head(root: Path, port: int, dashboard_port: int, host: str = "127.
 
 def start_ray_worker(root: Path, gcs_address: str, num_cpus: int, resources: dict | None = None,
                      timeout: float = 120.0, env: dict[str, str] | None = None,
-                     object_store_memory: int | None = None, cwd: Path | None = None) -> Service:
+                     object_store_memory: int | None = None, cwd: Path | None = None,
+                     wait: bool = True) -> Service:
     """Join a second Ray node on this machine to the head at ``gcs_address``.
 
     The worker gets no ``--temp-dir``: Ray gives a non-head node the head's temp dir (read from
     the GCS), so both nodes share one session folder and its logs (sockets are named per node).
-    Returns once ``ray start`` reports the node started.
+    With ``wait`` (default) returns once ``ray start`` reports the node started; without, call
+    ``wait_ready`` later (once the head's GCS accepts connections, ``ray start --address`` waits for
+    the head's raylet itself).
     """
     root = Path(root).resolve()
     cmd = [
@@ -511,8 +514,9 @@ def start_ray_worker(root: Path, gcs_address: str, num_cpus: int, resources: dic
     service = Service(name=name, kind=RAY_WORKER, address=gcs_address, pid=proc.pid, log=log_path,
                       gcs_address=gcs_address, started_at=_proc_stat(proc.pid)[3], _proc=proc)
     _save(root, service)
-    wait_ready(service, timeout)
-    _save(root, service)
+    if wait:
+        wait_ready(service, timeout)
+        _save(root, service)
     return service
 
 

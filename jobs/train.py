@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "objective.{mode,rho,chi,regularizer,reduction,beta,gaussian_sigma,rfgsm_step,rfgsm_init_std}, "
             "optim.{epochs,batch_size,lr,momentum,weight_decay,precision}, "
             "validation.{subset,eps,pgd_steps,pgd_step_size,batch_size,cpus,gpus}, "
-            "run.{name,seed,num_workers,use_gpu,cpus_per_worker,storage_path,max_failures,keep_checkpoints,"
+            "run.{name,seed,num_workers,use_gpu,cpus_per_worker,placement_strategy,storage_path,max_failures,keep_checkpoints,"
             "tracking_uri,experiment,registered_model}. "
             "Environment: MLFLOW_TRACKING_URI (tracking server), STABLE_SNN_STORAGE_PATH (checkpoints), "
             "STABLE_SNN_DATA_ROOT (datasets)."

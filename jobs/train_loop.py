@@ -47,12 +47,15 @@ def _all_reduce(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def run_epoch(cfg, model, forward, optimizer, loader, perturbation, generator, reg_generator, device, epoch) -> dict[str, float]:
+def run_epoch(cfg, model, forward, optimizer, loader, perturbation, generator, reg_generator, device, epoch, rank=0) -> dict[str, float]:
     """One epoch over this worker's shard; returns metrics summed over all workers."""
     model.train()
     sums = [0.0] * 8  # loss, task, ce_clean, ce_pert, stability, correct, correct_pert, count
     start = time.perf_counter()
+    crash_step = max(1, len(loader) // 2) if cfg.run.fail_at_epoch == epoch else None
     for step, (images, labels) in enumerate(loader):
+        if step == crash_step:
+            _maybe_inject_failure(cfg, epoch, rank)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         stats = train_step(
             model, optimizer, images, labels, cfg.objective, perturbation=perturbation, generator=generator,
@@ -99,15 +102,15 @@ def _gain_metrics(model) -> dict[str, float]:
 
 
 def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int) -> None:
-    """Test-only switch: crash this worker once, right after ``run.fail_at_epoch`` was checkpointed."""
-    if cfg.run.fail_at_epoch != epoch or rank != 0:
+    """Test-only switch ``run.fail_at_epoch``: rank 0 dies once, in the middle of that epoch."""
+    if rank != 0:
         return
     marker = Path(cfg.run.resolved_storage()) / cfg.run.name / f".failure-injected-epoch{epoch}"
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("1")
-    log.warning("run.fail_at_epoch=%d: killing this worker to test recovery", epoch)
+    log.warning("run.fail_at_epoch=%d: killing this worker in the middle of the epoch to test recovery", epoch)
     os._exit(17)
 
 
@@ -139,7 +142,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # Generators are re-seeded from (seed, epoch[, rank]) every epoch, so a resumed run draws
     # exactly what an uninterrupted one would; the SNN-RAT generator is identical on every
     # worker so the regulariser keeps the DDP replicas equal.
-    start_epoch, history = 1, []
+    start_epoch, history, resumes = 1, [], []
     attack_gen, reg_gen = torch.Generator(), torch.Generator()
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -151,10 +154,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
         restore_rng_state(state["rng"])
         start_epoch = int(state["epoch"]) + 1
         history = list(state.get("history", []))
+        resumes = [*state.get("resumes", []), start_epoch - 1]
         log.info("[%s] resuming from the checkpoint of epoch %d", cfg.run.name, start_epoch - 1)
 
+    # With asynchronous validation, an epoch's metrics are logged by its validation task, which
+    # runs only once Ray Train has registered the checkpoint: a crash can then never log an epoch
+    # twice.  With inline validation (Tune trials) rank 0 logs them after reporting.
+    inline = bool(loop_config.get("inline_validation", False))
     logger = None
-    if rank == 0 and run_id and tracking_uri:
+    if rank == 0 and inline and run_id and tracking_uri:
         from mlflow import MlflowClient
 
         from .tracking import RunLogger, configure_client_retries, outbox_for
@@ -164,7 +172,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _log_missing_epochs(logger, history)
 
     perturbation = build_perturbation(cfg.objective)
-    inline = bool(loop_config.get("inline_validation", False))
     val_data = validation_subset(cfg) if inline and rank == 0 else None
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         sampler = getattr(loader, "sampler", None)
@@ -174,7 +181,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         gen.manual_seed(cfg.run.seed * 100_003 + epoch)
         attack_gen.manual_seed((cfg.run.seed * 100_003 + epoch) * 1_009 + rank)
         reg_gen.manual_seed(cfg.run.seed * 100_003 + epoch + 17)
-        metrics = run_epoch(cfg, model, forward, optimizer, loader, perturbation, attack_gen, reg_gen, device, epoch)
+        metrics = run_epoch(cfg, model, forward, optimizer, loader, perturbation, attack_gen, reg_gen, device, epoch, rank)
         scheduler.step()
         metrics |= _gain_metrics(model)
         history.append({"epoch": epoch, **metrics})
@@ -190,6 +197,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     "epoch": epoch,
                     "rng": rng_state(),
                     "history": history,
+                    "resumes": resumes,  # epochs this run was resumed from
                 }
                 save_checkpoint(Path(tmp), state, cfg)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -206,7 +214,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 )
         if logger is not None:
             logger.log(metrics, step=epoch)
-        _maybe_inject_failure(cfg, epoch, rank)
     if logger is not None and not logger.flush(deadline_s=float(loop_config.get("flush_deadline_s", 10))):
         log.warning("MLflow at %s is unreachable; %d metric values wait in the outbox for the driver", tracking_uri, logger.unsent)
 

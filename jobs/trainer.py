@@ -21,6 +21,7 @@ def build_trainer(cfg: TrainConfig, run_id: str | None, tracking_uri: str | None
         num_workers=cfg.run.num_workers,
         use_gpu=cfg.run.use_gpu,
         resources_per_worker={"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})},
+        placement_strategy=cfg.run.placement_strategy,
     )
     run_config = ray.train.RunConfig(
         name=cfg.run.name,

@@ -98,13 +98,17 @@ def validate_inline(model, cfg: TrainConfig, data, epoch: int) -> dict[str, floa
 
 
 def validate_checkpoint(checkpoint, *, epoch: int, run_id: str | None = None, tracking_uri: str | None = None) -> dict:
-    """Ray Train validation function: load ``checkpoint``, evaluate, log to MLflow, return metrics."""
+    """Ray Train validation function for a registered checkpoint.
+
+    Loads it, evaluates it, and logs the epoch's training metrics (from the checkpoint's
+    history) together with the validation metrics to the MLflow run at ``step=epoch``.
+    Ray Train runs it once per registered checkpoint, so every epoch is logged exactly once.
+    """
     setup_logging()
     with checkpoint.as_directory() as folder:
         state, cfg = load_checkpoint(Path(folder))
     model = build_network(cfg)
     model.load_state_dict(state["model"])
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     images, labels = validation_subset(cfg)
     metrics = evaluate_model(model, cfg, images, labels)
     log.info(
@@ -117,5 +121,7 @@ def validate_checkpoint(checkpoint, *, epoch: int, run_id: str | None = None, tr
         from .tracking import RunLogger, configure_client_retries, outbox_for
 
         configure_client_retries()
-        RunLogger(MlflowClient(tracking_uri), run_id, outbox_for(cfg.run.resolved_storage(), cfg.run.name)).log(metrics, step=epoch)
+        train = next((h for h in state.get("history", []) if int(h["epoch"]) == epoch), {})
+        logger = RunLogger(MlflowClient(tracking_uri), run_id, outbox_for(cfg.run.resolved_storage(), cfg.run.name))
+        logger.log({k: v for k, v in train.items() if k != "epoch"} | metrics, step=epoch)
     return {k: v for k, v in metrics.items() if k.startswith("val_")} | {"epoch": epoch}

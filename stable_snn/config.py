@@ -27,6 +27,7 @@ MODES = ("natural", "gaussian", "at", "at_reg")
 REGULARIZERS = ("ms_mppd", "tasad", "std")
 REDUCTIONS = ("mean", "sum")
 PRECISIONS = ("fp32", "bf16", "fp16")
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 class ConfigError(ValueError):
@@ -212,6 +213,7 @@ class RunConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    placement_strategy: str = "PACK"  # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
     storage_path: str | None = None  # $STABLE_SNN_STORAGE_PATH or ~/stable-snn/runs
     max_failures: int = 0
     keep_checkpoints: int = 2
@@ -226,6 +228,7 @@ class RunConfig:
         _range("run.seed", self.seed, lo=0, integer=True)
         _range("run.num_workers", self.num_workers, lo=1, integer=True)
         _range("run.cpus_per_worker", self.cpus_per_worker, lo=0.0, lo_open=True)
+        _choice("run.placement_strategy", self.placement_strategy, PLACEMENTS)
         _range("run.max_failures", self.max_failures, lo=-1, integer=True)
         _range("run.keep_checkpoints", self.keep_checkpoints, lo=1, integer=True)
         if self.fail_at_epoch is not None:

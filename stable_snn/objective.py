@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import RFGSM, Attack, GaussianNoise
+from .attacks import RFGSM, Attack, GaussianNoise, eval_mode, project
 from .config import ObjectiveConfig
 from .models import SNNOutput, SpikingNetwork
 from .perturbation import ms_mppd, std, tasad
@@ -33,15 +33,20 @@ from .regularizers import snn_rat_step
 
 
 class TwoPass(nn.Module):
-    """Clean and perturbed forward passes of one model, with internals: ``(clean, perturbed)``."""
+    """Clean and perturbed forward passes of one model, with internals: ``(clean, perturbed)``.
 
-    def __init__(self, model: SpikingNetwork) -> None:
+    ``record_spikes=False`` leaves ``SNNOutput.spikes`` empty: MS-MPPD needs only the last
+    layer's input current, and not recording lets the fast path fuse pooling into the neurons.
+    """
+
+    def __init__(self, model: SpikingNetwork, record_spikes: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.record_spikes = record_spikes
 
     def forward(self, x: torch.Tensor, x_pert: torch.Tensor | None = None) -> tuple[SNNOutput, SNNOutput | None]:
-        clean = self.model(x, return_internals=True)
-        pert = self.model(x_pert, return_internals=True) if x_pert is not None else None
+        clean = self.model(x, return_internals=True, record_spikes=self.record_spikes)
+        pert = self.model(x_pert, return_internals=True, record_spikes=self.record_spikes) if x_pert is not None else None
         return clean, pert
 
 
@@ -89,6 +94,34 @@ def stable_loss(model: SpikingNetwork, clean: SNNOutput, pert: SNNOutput | None,
     return LossTerms(total, task, ce_clean, ce_pert, stab, logits_clean, logits_pert)
 
 
+def perturb(
+    perturbation: Attack,
+    model: SpikingNetwork,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator | None = None,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """The training perturbation of a batch, its input gradient in ``precision``.
+
+    ``"fp32"`` is the attack's own contract (autocast off).  ``"bf16"`` runs the attack's
+    :meth:`~stable_snn.attacks.Attack.perturb` under bf16 autocast with the same eval mode,
+    ball and clamping: bf16 has fp32's exponent range, so the input gradient cannot
+    underflow (PROTOCOL.md's warning is about fp16 without loss scaling, which stays
+    refused here).  Attacks that override ``__call__`` (Gaussian noise) run as they are.
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"attack precision must be fp32 or bf16, got {precision!r}")
+    if precision == "fp32" or type(perturbation).__call__ is not Attack.__call__:
+        return perturbation(model, images, labels, generator)
+    images = images.detach().float()
+    if perturbation.eps == 0:
+        return images.clone()
+    with eval_mode(model), autocast(images.device, precision):
+        adv = perturbation.perturb(model, images, labels, generator)
+    return project(adv.detach().float(), images, perturbation.eps)
+
+
 def autocast(device: torch.device, precision: str):
     """Autocast context for ``fp32`` (none), ``bf16`` or ``fp16``; neuron state stays fp32."""
     if precision == "fp32":
@@ -125,20 +158,28 @@ def train_step(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     reg_generator: torch.Generator | None = None,
+    attack_precision: str | None = None,
 ) -> StepStats:
     """One optimisation step of Eq. 17.
 
     ``model`` is the bare network (for the attack and the regulariser); ``forward`` the
     module that runs both passes (a :class:`TwoPass`, possibly DDP-wrapped; default
-    ``TwoPass(model)``).  The perturbation's input gradient is computed in fp32.  A
-    non-finite loss skips the update and returns ``finite=False``.
+    ``TwoPass(model)``, recording spikes only for the TASAD/STD regularisers).  The
+    perturbation's input gradient is computed in ``attack_precision`` (default: bf16 when
+    ``precision`` is bf16, else fp32; see :func:`perturb`).  The attack and both passes
+    share one autocast region, so each weight is cast to the low precision once per step.
+    A non-finite loss skips the update and returns ``finite=False``.
     """
-    forward = forward if forward is not None else TwoPass(model)
+    forward = forward if forward is not None else TwoPass(model, record_spikes=cfg.regularizer != "ms_mppd")
     if perturbation is None and cfg.mode != "natural":
         perturbation = build_perturbation(cfg)
-    x_pert = perturbation(model, images, labels, generator) if perturbation is not None and cfg.mode != "natural" else None
+    if attack_precision is None:
+        attack_precision = "bf16" if precision == "bf16" else "fp32"
     optimizer.zero_grad(set_to_none=True)
     with autocast(images.device, precision):
+        x_pert = None
+        if perturbation is not None and cfg.mode != "natural":
+            x_pert = perturb(perturbation, model, images, labels, generator, attack_precision)
         clean, pert = forward(images, x_pert)
     terms = stable_loss(model, clean, pert, labels, cfg)
     finite = bool(torch.isfinite(terms.total.detach()))

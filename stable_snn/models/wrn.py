@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..neurons.fused import fused_lif
 from .base import SpikingNetwork, Synapse, _Trace, fold
+from .fast import channels_last_5d, conv2d, from_channels_last_5d
 
 
 class ConvexCombination(nn.Module):
@@ -45,6 +47,19 @@ class PreActBlock(nn.Module):
         short = x if self.shortcut is None else fold(self.shortcut, o)
         return self.combine(short, y)
 
+    def forward_fast(self, x: torch.Tensor, tx: int, timesteps: int, trace: _Trace, kernels: str) -> torch.Tensor:
+        """The block on the fast path: ``x`` channels-last ``[tx*B, C, H, W]`` -> ``[T*B, C', H', W']``."""
+        o = fused_lif(channels_last_5d(x, tx), self.act1, timesteps, self.bn1, False, kernels)
+        o4 = from_channels_last_5d(o)
+        y = fused_lif(channels_last_5d(conv2d(o4, self.conv1), timesteps), self.act2, timesteps, self.bn2, False, kernels)
+        if trace.record:
+            trace.spikes.extend([o.permute(0, 1, 4, 2, 3), y.permute(0, 1, 4, 2, 3)])
+        y = conv2d(from_channels_last_5d(y), self.conv2)
+        short = x if self.shortcut is None else conv2d(o4, self.shortcut)
+        B = y.shape[0] // timesteps
+        out = self.combine(short.unflatten(0, (short.shape[0] // B, B)), y.unflatten(0, (timesteps, B)))
+        return out.flatten(0, 1)
+
 
 class SpikingWRN(SpikingNetwork):
     def __init__(
@@ -58,10 +73,11 @@ class SpikingWRN(SpikingNetwork):
         in_channels: int = 3,
         mean=None,
         std=None,
+        kernels: str = "eager",
         **neuron_kwargs,
     ) -> None:
         kw = {"mean": mean, "std": std}
-        super().__init__(timesteps, in_channels, **{k: v for k, v in kw.items() if v is not None})
+        super().__init__(timesteps, in_channels, kernels=kernels, **{k: v for k, v in kw.items() if v is not None})
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         if width <= 0:
@@ -88,6 +104,19 @@ class SpikingWRN(SpikingNetwork):
             x = block(x, trace)
         x = self._fire(self.act, fold(self.bn, x), trace)
         return fold(nn.Sequential(self.pool, self.head), x)
+
+    def run_fast(self, x: torch.Tensor, trace: _Trace) -> torch.Tensor:
+        """Fast path (see :class:`SpikingNetwork`): the stem runs once on the images ``[B, C, H, W]``."""
+        T, B = self.timesteps, x.shape[0]
+        h = conv2d(x.contiguous(memory_format=torch.channels_last), self.stem)
+        for block in self.blocks:
+            h = block.forward_fast(h, h.shape[0] // B, T, trace, self.kernels)
+        current = fold(self.bn, h.unflatten(0, (h.shape[0] // B, B)).expand(T, B, *h.shape[1:]))
+        trace.last_current = current
+        s = fused_lif(current, self.act, T, None, False, self.kernels)
+        if trace.record:
+            trace.spikes.append(s)
+        return fold(nn.Sequential(self.pool, self.head), s)
 
     def synapses(self) -> list[Synapse]:
         out = []

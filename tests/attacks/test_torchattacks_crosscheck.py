@@ -3,9 +3,12 @@
 torchattacks draws its random starts from the global RNG (and APGD reseeds it), so its calls
 run inside ``torch.random.fork_rng`` with a fixed seed: the suite's RNG state is left as it was.
 Seeding the global RNG with the seed of our generator gives torchattacks' PGD the same uniform
-start as ours (``uniform_(-eps, eps)`` and ``(2 * rand - 1) * eps`` draw the same numbers), so
-the PGD comparison checks the algorithm, not the luck of two random starts; APGD's start is
-normalised differently in torchattacks and its checkpoints follow the code, not the paper.
+start as ours (``uniform_(-eps, eps)`` and ``(2 * rand - 1) * eps`` draw the same numbers; on an
+untrained network the two PGDs then agree to 1e-9). On the trained network these last-bit
+differences (``x + clamp(adv - x)`` against ``clamp(adv)``) flip spikes and the trajectories part,
+so single runs differ by a few samples of 128; robust accuracies are therefore averaged over
+three seeds for the random attacks. APGD's start is normalised differently in torchattacks and
+its checkpoints follow the AutoAttack code rather than the paper's fractions.
 """
 from __future__ import annotations
 
@@ -43,25 +46,33 @@ def _acc(model, adv, y):
     return (predictions(model, adv) == y).float().mean().item()
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd-10", "apgd-ce"])
+PAIRS = {
+    "fgsm": (lambda: FGSM(eps=8 / 255), lambda m, seed: torchattacks.FGSM(m, eps=8 / 255)),
+    "pgd-10": (lambda: PGD(eps=8 / 255, alpha=2 / 255, steps=10),
+               lambda m, seed: torchattacks.PGD(m, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)),
+    "apgd-ce": (lambda: APGD(eps=8 / 255, steps=10, n_restarts=1, rho=0.75, loss="ce"),
+                lambda m, seed: torchattacks.APGD(m, norm="Linf", eps=8 / 255, steps=10, n_restarts=1, seed=seed,
+                                                  loss="ce", rho=0.75)),
+}
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
 def test_agrees_with_torchattacks(name, trained):
     model, x, y = trained.model, trained.images, trained.labels
-    ours_attack, theirs_make = {
-        "fgsm": (FGSM(eps=8 / 255), lambda m: torchattacks.FGSM(m, eps=8 / 255)),
-        "pgd-10": (PGD(eps=8 / 255, alpha=2 / 255, steps=10),
-                   lambda m: torchattacks.PGD(m, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)),
-        "apgd-ce": (APGD(eps=8 / 255, steps=10, n_restarts=1, rho=0.75, loss="ce"),
-                    lambda m: torchattacks.APGD(m, norm="Linf", eps=8 / 255, steps=10, n_restarts=1, seed=0,
-                                                loss="ce", rho=0.75)),
-    }[name]
-    ours = ours_attack(model, x, y, torch.Generator().manual_seed(0))
-    theirs = _theirs(theirs_make, model, x, y)
-    assert (theirs - x).abs().max() <= 8 / 255 + 1e-6
-    a, b = _acc(model, ours, y), _acc(model, theirs, y)
-    assert abs(a - b) <= TOLERANCE, f"{name}: ours {a:.4f}, torchattacks {b:.4f}"
+    make_ours, make_theirs = PAIRS[name]
+    seeds = [0] if name == "fgsm" else [0, 1, 2]
+    ours_acc, theirs_acc = [], []
+    for seed in seeds:
+        ours = make_ours()(model, x, y, torch.Generator().manual_seed(seed))
+        theirs = _theirs(lambda m: make_theirs(m, seed), model, x, y, seed)
+        assert (theirs - x).abs().max() <= 8 / 255 + 1e-6
+        ours_acc.append(_acc(model, ours, y))
+        theirs_acc.append(_acc(model, theirs, y))
+        if name == "fgsm":  # deterministic: the same images
+            assert torch.allclose(ours, theirs, atol=1e-6)
+    a, b = sum(ours_acc) / len(seeds), sum(theirs_acc) / len(seeds)
+    assert abs(a - b) <= TOLERANCE, f"{name}: ours {ours_acc}, torchattacks {theirs_acc}"
     assert a < _acc(model, x, y)
-    if name == "fgsm":  # deterministic: the same images
-        assert torch.allclose(ours, theirs, atol=1e-6)
 
 
 def test_pgd_without_random_start_is_identical(trained):

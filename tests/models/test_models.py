@@ -1,6 +1,9 @@
 """Every registered model with every neuron: shapes, internals, purity, gradients, errors."""
 from __future__ import annotations
 
+import copy
+from contextlib import contextmanager, nullcontext
+
 import pytest
 import torch
 
@@ -165,3 +168,57 @@ def test_dlif_gains_get_gradients_from_task_loss(name, form):
     grads = [m.gain.grad for m in model.spiking_layers()]
     assert all(g is not None for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+@contextmanager
+def module_path(model):
+    """Force the module path (a no-op hook on a submodule disables the fast path)."""
+    handle = model.spiking_layers()[0].register_forward_hook(lambda *args: None)
+    try:
+        assert not model.uses_fast_path()
+        yield model
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("neuron,mode", [(n, "train") for n in ALL_NEURONS] + [("dlif-leak", "eval")])
+def test_fast_path_equals_module_path(name, neuron, mode):
+    """The default (fast) path computes the module path's function, internals and gradients."""
+    fast = tiny(name, neuron, timesteps=3)
+    if neuron != "lif":
+        with torch.no_grad():
+            for m in fast.spiking_layers():
+                m.gain.uniform_(0.7, 1.3, generator=torch.Generator().manual_seed(2))
+    slow = copy.deepcopy(fast)
+    fast.train(mode == "train"), slow.train(mode == "train")
+    assert fast.uses_fast_path()
+    labels = torch.tensor([3, 5])
+    results = []
+    for model, ctx in ((fast, nullcontext()), (slow, module_path(slow))):
+        x = images().requires_grad_(True)
+        with ctx:
+            out = model(x, return_internals=True)
+            quiet = model(x, return_internals=True, record_spikes=False)
+        loss = torch.nn.functional.cross_entropy(out.logits.mean(0), labels) + 1e-3 * out.last_current.pow(2).mean()
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, quiet, x.grad, grads, {k: v.clone() for k, v in model.state_dict().items()}))
+    (out_f, quiet_f, gx_f, gp_f, state_f), (out_s, quiet_s, gx_s, gp_s, state_s) = results
+    tol = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_f.logits, out_s.logits, **tol)
+    torch.testing.assert_close(out_f.last_current, out_s.last_current, **tol)
+    assert len(out_f.spikes) == len(out_s.spikes) == len(fast.spiking_layers())
+    for a, b in zip(out_f.spikes, out_s.spikes):
+        assert a.shape == b.shape
+        assert (a != b).float().mean() < 1e-3  # a rare threshold tie may flip under reordered sums
+    assert quiet_f.spikes == ()
+    torch.testing.assert_close(quiet_f.logits, out_f.logits)
+    torch.testing.assert_close(quiet_f.last_current, out_f.last_current)
+    torch.testing.assert_close(gx_f, gx_s, **tol)
+    assert gp_f.keys() == gp_s.keys()
+    for k in gp_f:
+        torch.testing.assert_close(gp_f[k], gp_s[k], **tol, msg=lambda m, k=k: f"{k}: {m}")
+    for k in state_f:
+        if state_f[k].is_floating_point():
+            torch.testing.assert_close(state_f[k], state_s[k], **tol, msg=lambda m, k=k: f"{k}: {m}")
