@@ -85,7 +85,7 @@ def metrics_of(result: ProtocolResult) -> dict[str, float]:
 
 
 def version_tags(result: ProtocolResult, *, data: str, run_id: str) -> dict[str, str]:
-    """Headline numbers as model-version tags ``eval.<protocol>.<row>``, plus the data (:func:`data_key`), run and flags."""
+    """Headline numbers as model-version tags ``eval.<protocol>.<row>``, plus data (:func:`data_key`), run, flags."""
     prefix = tag_prefix(result.protocol)
     tags = {f"{prefix}.{name}": f"{acc:.4f}" for name, acc in result.accuracies.items()}
     tags[f"{prefix}.data"] = data
@@ -114,10 +114,11 @@ def decide_promotion(*, protocol: str, data: str, candidate_version: str, candid
     if score is None or tags.get(f"{prefix}.data") != data:
         return PromotionDecision(False, (
             f"champion version {champion_version} has no {protocol} result on {data} to compare with "
-            f"(its tags: {prefix}.data={tags.get(f'{prefix}.data')!r}); evaluate it with the same protocol and --limit first"))
+            f"(its tag {prefix}.data={tags.get(f'{prefix}.data')!r}); "
+            "evaluate it with the same protocol, --limit and --data-seed first"))
     champion_score = float(score)
     if math.isnan(candidate_score) or candidate_score <= champion_score:
-        return PromotionDecision(False, (
-            f"worst case {candidate_score:.4f} does not beat champion version {champion_version} ({champion_score:.4f})"))
+        return PromotionDecision(False, (f"worst case {candidate_score:.4f} does not beat champion version "
+                                         f"{champion_version} ({champion_score:.4f})"))
     return PromotionDecision(True, (
         f"worst case {candidate_score:.4f} beats champion version {champion_version} ({champion_score:.4f})"))

@@ -8,6 +8,7 @@ merged result equals the in-process one (``workers=0``) for the same batch size 
 """
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Callable
 
@@ -51,7 +52,7 @@ def evaluate_distributed(model: nn.Module, images: torch.Tensor, labels: torch.T
     protocol = get_protocol(protocol)
     device = "cuda" if gpus_per_worker > 0 else "cpu"
     threads = max(1, int(cpus_per_worker))
-    model_ref = ray.put(model.cpu())
+    model_ref = ray.put(copy.deepcopy(model).cpu())  # the caller's model stays where it is
     actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(EvalWorker)
     actors = [actor_cls.remote(model_ref, protocol, generator_seed, threads, device) for _ in range(workers)]
     batches = split_batches(len(labels), batch_size)
@@ -61,7 +62,7 @@ def evaluate_distributed(model: nn.Module, images: torch.Tensor, labels: torch.T
         pool = ActorPool(actors)
         submit = lambda actor, b: actor.run.remote(images[b[1]:b[2]], labels[b[1]:b[2]], b[0], b[1])  # noqa: E731
         for result in pool.map_unordered(submit, batches):
-            tracker.update(result)
+            tracker.batch_done(result)
             results.append(result)
     finally:
         for actor in actors:

@@ -74,13 +74,18 @@ def find_run(client, exp_id: str, run_name: str, job: str = "train"):
 
 
 class RunLogger:
-    """Logs metrics to one MLflow run and never loses them to an outage.
+    """Logs metrics to one MLflow run and never loses them to an outage, nor logs them twice.
 
     Metrics that cannot be sent are written to an outbox folder (one JSON file per batch,
     in the run's storage folder when it is a local or shared file system) and sent by a
     later :meth:`log` or :meth:`flush` of any process that logs to the same run: the
     rank-0 worker, the validation task or the driver.  ``flush(deadline_s)`` retries until
     the server answers or the deadline passes and reports whether everything was sent.
+
+    Sending is idempotent per step: the metrics of one step go out in one ``log_batch``
+    (atomic on the server), and a batch whose first metric already has a value at that
+    step is dropped, so a batch sent again after a crash (between sending and removing
+    its outbox file, or a re-run of an epoch's validation) never duplicates a value.
     """
 
     def __init__(self, client, run_id: str, outbox: Path | None = None) -> None:
@@ -97,8 +102,20 @@ class RunLogger:
     def _send(self, batch: list[dict]) -> None:
         from mlflow.entities import Metric
 
-        for i in range(0, len(batch), 500):
-            self.client.log_batch(self.run_id, metrics=[Metric(**m) for m in batch[i : i + 500]])
+        by_step: dict[int, list[dict]] = {}
+        for m in batch:
+            by_step.setdefault(int(m["step"]), []).append(m)
+        for step, metrics in sorted(by_step.items()):
+            for i in range(0, len(metrics), 500):
+                chunk = metrics[i : i + 500]
+                if self.is_logged(chunk[0]["key"], step):
+                    log.info("MLflow run %s already has %s at step %d: not logging that batch again", self.run_id, chunk[0]["key"], step)
+                    continue
+                self.client.log_batch(self.run_id, metrics=[Metric(**m) for m in chunk])
+
+    def is_logged(self, key: str, step: int) -> bool:
+        """Whether the run has a value of ``key`` at ``step`` on the server (raises when unreachable)."""
+        return any(int(m.step) == int(step) for m in self.client.get_metric_history(self.run_id, key))
 
     def _outbox_files(self) -> list[Path]:
         if self.outbox is None or not self.outbox.is_dir():

@@ -5,15 +5,23 @@
 
 Relaunching with the same ``run.name`` resumes the run from its last checkpoint in the
 storage path and keeps logging into the same MLflow run.
+
+Exit status: 0 done; 2 refused before any compute (bad config or data, a corrupt checkpoint
+to resume from, the run still trained by another driver); 3 the MLflow server is unreachable
+(at the start, or after training with the metrics kept in the outbox); 4 the loss became NaN
+or Inf (the last good checkpoint is kept: ``python -m jobs.register`` registers it).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +32,14 @@ from .logs import setup_logging
 log = logging.getLogger("stable_snn.train")
 
 OUTBOX_DEADLINE_S = float(os.environ.get("STABLE_SNN_OUTBOX_DEADLINE_S", "300"))
+# How long a relaunched driver waits for the Ray actors of the run's previous driver to go.
+PREVIOUS_DRIVER_WAIT_S = float(os.environ.get("STABLE_SNN_PREVIOUS_DRIVER_WAIT_S", "120"))
+DRIVER_FILE = "driver.json"  # in the run's storage folder: the Ray session and job of its latest driver
+TRAIN_ACTORS = ("TrainController", "RayTrainWorker")
+
+
+class RunInUseError(RuntimeError):
+    """Another live driver still trains this run."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "optim.{epochs,batch_size,lr,momentum,weight_decay,precision}, "
             "validation.{subset,eps,pgd_steps,pgd_step_size,batch_size,cpus,gpus}, "
             "run.{name,seed,num_workers,use_gpu,cpus_per_worker,placement_strategy,storage_path,max_failures,keep_checkpoints,"
-            "tracking_uri,experiment,registered_model}. "
+            "tracking_uri,experiment,registered_model} (test-only: run.{fail_at_epoch,nan_at_epoch}). "
             "Environment: MLFLOW_TRACKING_URI (tracking server), STABLE_SNN_STORAGE_PATH (checkpoints), "
             "STABLE_SNN_DATA_ROOT (datasets)."
         ),
@@ -162,9 +178,11 @@ def run_training(
 
     from .checkpointing import load_checkpoint
     from .registry import build_network
-    from .tracking import RunLogger, TrackingUnavailableError, outbox_for
+    from .train_loop import _fatal_error, _stop_on_fatal_callback
     from .trainer import best_checkpoint, build_trainer
 
+    check_resumable(cfg)
+    claim_run(cfg)
     run_id, _ = open_run(client, cfg, tracking_uri, parent_run_id=parent_run_id, extra_tags=extra_tags)
     ctx = ray.get_runtime_context()
     client.set_tag(run_id, "ray_job_id", ctx.get_job_id())
@@ -175,15 +193,16 @@ def run_training(
         log.info("training %s (%s, %s, %s, T=%d) with %d worker(s); MLflow run %s at %s",
                  cfg.run.name, cfg.model.arch, cfg.model.neuron, cfg.objective.mode, cfg.model.timesteps,
                  cfg.run.num_workers, run_id, tracking_uri)
-        trainer = build_trainer(cfg, run_id, tracking_uri, callbacks=callbacks, inline_validation=inline_validation)
-        result = trainer.fit()
-        outbox = RunLogger(client, run_id, outbox_for(cfg.run.resolved_storage(), cfg.run.name))
-        if not outbox.flush(deadline_s=OUTBOX_DEADLINE_S):
-            raise TrackingUnavailableError(
-                f"MLflow tracking server {tracking_uri} stayed unreachable for {OUTBOX_DEADLINE_S:.0f} s after training: "
-                f"{outbox.unsent} metric values wait in {outbox.outbox} and nothing was registered; the checkpoints "
-                f"are intact in {cfg.run.resolved_storage()}/{cfg.run.name} (relaunch with the same run.name to finish)"
-            )
+        trainer = build_trainer(cfg, run_id, tracking_uri, callbacks=[*(callbacks or []), _stop_on_fatal_callback()],
+                                inline_validation=inline_validation)
+        try:
+            result = trainer.fit()
+        except Exception as e:
+            fatal = _fatal_error(e)
+            if fatal is None:
+                raise
+            raise fatal from None  # the worker's own message (epoch and step, or the checkpoint file)
+        flush_outbox(client, run_id, cfg, tracking_uri, OUTBOX_DEADLINE_S)
         ckpt, metrics = best_checkpoint(result)
         if ckpt is None:
             raise RuntimeError("training reported no checkpoint")
@@ -210,9 +229,117 @@ def run_training(
             log.warning("could not close MLflow run %s: %s", run_id, e)
 
 
+def flush_outbox(client, run_id: str, cfg: TrainConfig, tracking_uri: str, deadline_s: float) -> None:
+    """Send the metrics parked in the run's outbox during an MLflow outage, retrying until
+    ``deadline_s``; then fail with a message naming the URI (the checkpoints are untouched)."""
+    from .tracking import RunLogger, TrackingUnavailableError, outbox_for
+
+    outbox = RunLogger(client, run_id, outbox_for(cfg.run.resolved_storage(), cfg.run.name))
+    if not outbox.flush(deadline_s=deadline_s):
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {tracking_uri} stayed unreachable for {deadline_s:.0f} s after training: "
+            f"{outbox.unsent} metric values wait in {outbox.outbox} and nothing was registered; the checkpoints "
+            f"are intact in {cfg.run.resolved_storage()}/{cfg.run.name} (relaunch with the same run.name to finish)"
+        )
+
+
+def check_resumable(cfg: TrainConfig) -> None:
+    """Refuse, before any compute, a relaunch that could only fail again: the run stopped on a
+    non-finite loss, or the checkpoint it would resume from is truncated or tampered with."""
+    from .checkpointing import latest_registered_checkpoint, run_path, verify_checkpoint_at, read_run_file
+    from .train_loop import NONFINITE_MARKER, NonFiniteLossError
+
+    storage, name = cfg.run.resolved_storage(), cfg.run.name
+    marker = read_run_file(storage, name, NONFINITE_MARKER)
+    if marker is not None:
+        try:
+            message = json.loads(marker)["message"]
+        except (ValueError, KeyError):
+            message = f"run {name!r} stopped on a non-finite loss"
+        raise NonFiniteLossError(
+            f"{message}. Relaunching it would repeat that: choose a new run.name (or delete "
+            f"{run_path(storage, name)}/{NONFINITE_MARKER} to try again)"
+        )
+    latest = latest_registered_checkpoint(storage, name)
+    if latest is not None:
+        verify_checkpoint_at(latest)
+        log.info("run %s resumes from %s (checksums verified)", name, latest)
+
+
+def claim_run(cfg: TrainConfig) -> None:
+    """Make sure no earlier driver of this run still trains it, then record this driver.
+
+    A driver that dies (killed, node lost) takes its Ray Train controller and workers with it
+    (they are owned by the driver's job), but Ray stops them asynchronously.  A relaunch on the
+    same Ray cluster waits until the previous job's controller and workers are gone, so two
+    controllers never train (and checkpoint, and log) the same run; it refuses with
+    :class:`RunInUseError` if they are still alive after ``STABLE_SNN_PREVIOUS_DRIVER_WAIT_S``.
+    """
+    import ray
+
+    from .checkpointing import read_run_file, write_run_file
+
+    storage, name = cfg.run.resolved_storage(), cfg.run.name
+    ctx = ray.get_runtime_context()
+    me = {"session": ctx.get_session_name(), "job_id": ctx.get_job_id(), "pid": os.getpid(),
+          "host": socket.gethostname(), "started": time.time()}
+    text = read_run_file(storage, name, DRIVER_FILE)
+    previous = json.loads(text) if text else None
+    if previous and previous.get("session") == me["session"] and previous.get("job_id") != me["job_id"]:
+        _wait_for_previous_driver(cfg, previous)
+    elif previous and previous.get("session") != me["session"]:
+        log.info("the previous driver of %s ran on another Ray cluster session (%s): nothing of it runs on this one",
+                 name, previous.get("session"))
+    write_run_file(storage, name, DRIVER_FILE, json.dumps(me, indent=1))
+
+
+def _wait_for_previous_driver(cfg: TrainConfig, previous: dict) -> None:
+    from ray.util.state import list_actors
+
+    job = previous["job_id"]
+    deadline = time.monotonic() + PREVIOUS_DRIVER_WAIT_S
+    t0 = time.monotonic()
+    while True:
+        try:
+            actors = list_actors(filters=[("job_id", "=", job), ("state", "!=", "DEAD")], limit=10_000,
+                                 raise_on_missing_output=False)
+        except Exception as e:  # no dashboard / state API: cannot check, say so
+            log.warning("cannot list the Ray actors of the previous driver of %s (job %s): %s", cfg.run.name, job, e)
+            return
+        alive = [a for a in actors if a.class_name in TRAIN_ACTORS]
+        if not alive:
+            if time.monotonic() - t0 > 1:
+                log.info("the previous driver's Ray Train actors of %s are gone after %.1f s", cfg.run.name, time.monotonic() - t0)
+            return
+        if time.monotonic() > deadline:
+            raise RunInUseError(
+                f"run.name={cfg.run.name!r} is still being trained by Ray job {job} (driver pid {previous.get('pid')} "
+                f"on {previous.get('host')}): {len(alive)} of its Ray Train actors "
+                f"({', '.join(sorted({a.class_name for a in alive}))}) are alive after {PREVIOUS_DRIVER_WAIT_S:.0f} s; "
+                "stop that job first (ray job stop, or end its driver) or choose another run.name"
+            )
+        log.info("waiting for the previous driver's Ray Train actors of %s (job %s) to stop: %d alive",
+                 cfg.run.name, job, len(alive))
+        time.sleep(2)
+
+
 def register_model(client, run_id: str, model, cfg: TrainConfig, epoch: int, summary: dict, alias: str):
+    """Register the model of ``epoch`` of the run (idempotent: a version already registered from
+    this run and epoch is reused, and only the alias is set)."""
     from .registry import log_and_register
 
+    name = cfg.registered_model_name
+    try:
+        existing = [v for v in client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+                    if v.tags.get("epoch") == str(epoch)]
+    except Exception:  # no such registered model yet
+        existing = []
+    if existing:
+        version = max(existing, key=lambda v: int(v.version))
+        client.set_registered_model_alias(name, alias, version.version)
+        log.info("%s version %s already holds epoch %d of run %s: alias %s set, nothing registered again",
+                 name, version.version, epoch, run_id, alias)
+        return version
     return log_and_register(
         client, run_id, model, cfg, name=cfg.registered_model_name, alias=alias,
         tags={"run_name": cfg.run.name, "epoch": epoch, "arch": cfg.model.arch, "mode": cfg.objective.mode,
@@ -242,22 +369,45 @@ def connect(cfg: TrainConfig):
 def main(argv=None) -> int:
     setup_logging()
     args = parse_args(argv)
-    from .tracking import TrackingUnavailableError
+    from .tracking import TrackingUnavailableError, check_reachable, resolve_tracking_uri
 
     try:
-        cfg = preflight(load_config(args.config, args.overrides))
-        tracking_uri, client = connect(cfg)
+        cfg = load_config(args.config, args.overrides)
+        check_reachable(resolve_tracking_uri(cfg.run.tracking_uri))  # seconds, before torch is even imported
+        cfg = preflight(cfg)
     except TrackingUnavailableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from .checkpointing import CheckpointError
+    from .train_loop import NonFiniteLossError
+
     try:
-        outcome = run_training(cfg, client, tracking_uri, register=not args.no_register, alias=args.alias)
-    except ConfigError as e:
+        check_resumable(cfg)  # before Ray starts: a relaunch that can only fail again is refused here
+        tracking_uri, client = connect(cfg)
+    except TrackingUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+
+    try:
+        outcome = run_training(cfg, client, tracking_uri, register=not args.no_register, alias=args.alias)
+    except (ConfigError, CheckpointError, RunInUseError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrackingUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     if outcome.version is not None:
         print(f"registered model: models:/{outcome.version.name}@{args.alias} (version {outcome.version.version})")
     print(f"MLflow run: {outcome.run_id} ({cfg.run.experiment}/{cfg.run.name}) at {tracking_uri}")

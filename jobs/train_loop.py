@@ -31,8 +31,62 @@ log = logging.getLogger("stable_snn.train")
 TRAIN_KEYS = ("train_loss", "train_task_loss", "train_ce_clean", "train_ce_pert", "train_acc", "train_pert_acc", "images_per_s", "lr")
 
 
+NONFINITE_MARKER = "nonfinite-loss.json"  # in the run's storage folder: why and where the run stopped
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the message names the epoch and step."""
+
+
+def nonfinite_message(run_name: str, loss: float, epoch: int, step: int, storage: str) -> str:
+    return (
+        f"run {run_name!r}: the loss became {loss} at epoch {epoch} step {step}; training stopped (a non-finite "
+        f"loss recurs on every retry, so it is not retried). The last good checkpoint (epoch {epoch - 1}) is kept in "
+        f"{storage.rstrip('/')}/{run_name} and can still be registered: python -m jobs.register --config <preset> "
+        f"--set run.name={run_name}"
+    )
+
+
+def _record_nonfinite(cfg: TrainConfig, message: str, epoch: int, step: int, loss: float) -> None:
+    """Write the marker that makes a relaunch of this run fail at once instead of recomputing the NaN."""
+    import json
+
+    from .checkpointing import write_run_file
+
+    try:
+        write_run_file(cfg.run.resolved_storage(), cfg.run.name, NONFINITE_MARKER,
+                       json.dumps({"epoch": epoch, "step": step, "loss": str(loss), "message": message}, indent=1))
+    except OSError as e:
+        log.warning("could not record the non-finite loss in the run's storage folder: %s", e)
+
+
+def _fatal_error(error: BaseException) -> BaseException | None:
+    """The deterministic failure behind ``error``, if any: retrying would only repeat it."""
+    from .checkpointing import CheckpointError
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (NonFiniteLossError, CheckpointError)):
+            return error
+        error = getattr(error, "controller_failure", None) or getattr(error, "_base_exc", None) or error.__cause__
+    return None
+
+
+def _stop_on_fatal_callback():
+    """A Ray Train callback (it runs in the controller) that turns a worker's non-finite loss or corrupt
+    checkpoint into a non-retryable controller error: ``FailureConfig.max_failures`` retries every
+    worker error, and these would recur on every retry."""
+    import ray.train
+
+    class StopOnFatalError(ray.train.UserCallback):
+        def after_exception(self, run_context, worker_exceptions):
+            for rank in sorted(worker_exceptions):
+                fatal = _fatal_error(worker_exceptions[rank])
+                if fatal is not None:
+                    raise type(fatal)(f"{fatal} (worker rank {rank})")
+
+    return StopOnFatalError()
 
 
 def _stability_key(cfg: TrainConfig) -> str:
@@ -53,19 +107,23 @@ def run_epoch(cfg, model, forward, optimizer, loader, perturbation, generator, r
     sums = [0.0] * 8  # loss, task, ce_clean, ce_pert, stability, correct, correct_pert, count
     start = time.perf_counter()
     crash_step = max(1, len(loader) // 2) if cfg.run.fail_at_epoch == epoch else None
+    nan_step = max(1, len(loader) // 2) if cfg.run.nan_at_epoch == epoch else None
     for step, (images, labels) in enumerate(loader):
         if step == crash_step:
             _maybe_inject_failure(cfg, epoch, rank)
+        if step == nan_step:
+            _inject_nan(model, epoch)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         stats = train_step(
             model, optimizer, images, labels, cfg.objective, perturbation=perturbation, generator=generator,
             forward=forward, precision=cfg.optim.precision, reg_generator=reg_generator,
         )
         if not stats.finite:
-            raise NonFiniteLossError(
-                f"loss became {stats.loss} at epoch {epoch} step {step + 1}; training stopped, the last good "
-                f"checkpoint (epoch {epoch - 1}) is kept in the run's storage path and can still be registered"
-            )
+            message = nonfinite_message(cfg.run.name, stats.loss, epoch, step + 1, cfg.run.resolved_storage())
+            log.error(message)
+            if rank == 0:
+                _record_nonfinite(cfg, message, epoch, step + 1, stats.loss)
+            raise NonFiniteLossError(message)
         b = stats.batch
         sums[0] += stats.loss * b
         sums[1] += stats.task_loss * b
@@ -112,6 +170,14 @@ def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int) -> None:
     marker.write_text("1")
     log.warning("run.fail_at_epoch=%d: killing this worker in the middle of the epoch to test recovery", epoch)
     os._exit(17)
+
+
+def _inject_nan(model, epoch: int) -> None:
+    """Test-only switch ``run.nan_at_epoch``: from the middle of that epoch on, the classifier's last
+    parameter holds a NaN, so the loss ``train_step`` computes is NaN (every rank, every retry)."""
+    log.warning("run.nan_at_epoch=%d: putting a NaN into the classifier to test the non-finite loss stop", epoch)
+    with torch.no_grad():
+        list(model.parameters())[-1].view(-1)[0] = float("nan")
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -184,9 +250,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = run_epoch(cfg, model, forward, optimizer, loader, perturbation, attack_gen, reg_gen, device, epoch, rank)
         scheduler.step()
         metrics |= _gain_metrics(model)
-        history.append({"epoch": epoch, **metrics})
         if rank == 0:
             _log_epoch_line(cfg, epoch, metrics)
+        # Inline validation runs before the checkpoint is written, so the checkpoint's history holds
+        # the epoch's validation metrics too and a resumed rank 0 can log an epoch it never logged.
+        val_metrics = validate_inline(model, cfg, val_data, epoch) if inline and rank == 0 else {}
+        report = {"epoch": epoch, **{k: v for k, v in metrics.items() if not k.startswith("dlif_gain/")}}
+        report |= {k: v for k, v in val_metrics.items() if k.startswith("val_")}
+        metrics |= val_metrics
+        history.append({"epoch": epoch, **metrics})
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
@@ -201,11 +273,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 }
                 save_checkpoint(Path(tmp), state, cfg)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            report = {"epoch": epoch, **{k: v for k, v in metrics.items() if not k.startswith("dlif_gain/")}}
             if inline:
-                val_metrics = validate_inline(model, cfg, val_data, epoch) if rank == 0 else {}
-                metrics |= val_metrics
-                report |= {k: v for k, v in val_metrics.items() if k.startswith("val_")}
                 ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
             else:
                 ray.train.report(
@@ -219,7 +287,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def _log_missing_epochs(logger, history: list[dict]) -> None:
-    """On resume: send the outbox, then log any checkpointed epoch whose metrics never reached MLflow."""
+    """On resume: send the outbox, then log any checkpointed epoch whose metrics never reached MLflow
+    (rank 0 died between reporting an epoch and logging it).  The logger drops a step that is
+    already on the server, so nothing is logged twice."""
     if not history or not logger.flush(deadline_s=0):
         return  # the server is away: what is in the outbox is sent later, nothing is re-logged blindly
     try:

@@ -54,10 +54,17 @@ def trial(config: dict, base: dict, search: str, parent_run_id: str, tracking_ur
     space_overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in config.items()]
     cfg = apply_overrides(config_from_dict(base), [*space_overrides, f"run.name={search}-{trial_id}"])
     run_training(
-        cfg, MlflowClient(tracking_uri), tracking_uri, register=False, parent_run_id=parent_run_id,
+        cfg, client, tracking_uri, register=False, parent_run_id=parent_run_id,
         callbacks=[TuneReportCallback()], inline_validation=True,
         extra_tags={"stable_snn.search": search, "stable_snn.trial_id": trial_id},
     )
+
+
+def _finished_trial_run(client, cfg: TrainConfig):
+    from .tracking import experiment_id, find_run
+
+    run = find_run(client, experiment_id(client, cfg.run.experiment), cfg.run.name)
+    return run if run is not None and run.info.status == "FINISHED" else None
 
 
 def open_parent_run(client, base: TrainConfig, name: str, space_path: Path, resume: bool) -> str:

@@ -221,6 +221,7 @@ class RunConfig:
     experiment: str = "stable-snn"
     registered_model: str | None = None  # default stable-snn-<dataset>-<arch>
     fail_at_epoch: int | None = None  # test-only: a worker crashes once after this epoch
+    nan_at_epoch: int | None = None  # test-only: the loss becomes NaN in the middle of this epoch
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
@@ -233,6 +234,8 @@ class RunConfig:
         _range("run.keep_checkpoints", self.keep_checkpoints, lo=1, integer=True)
         if self.fail_at_epoch is not None:
             _range("run.fail_at_epoch", self.fail_at_epoch, lo=1, integer=True)
+        if self.nan_at_epoch is not None:
+            _range("run.nan_at_epoch", self.nan_at_epoch, lo=1, integer=True)
 
     def resolved_storage(self) -> str:
         path = self.storage_path or os.environ.get("STABLE_SNN_STORAGE_PATH") or "~/stable-snn/runs"

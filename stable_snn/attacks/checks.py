@@ -77,20 +77,20 @@ class BeatsReference:
 
     def __call__(self, rows: Mapping[str, RowLike], zero_gradient: torch.Tensor | None = None) -> Flag:
         ref = rows[self.reference]
-        compared = []  # (drop - margin, drop, margin, candidate)
+        compared = []  # (drop - margin, drop, margin, candidate, acc_ref, acc_candidate, n)
         for name in self.candidates:
             shared = _shared(ref, rows[name])
             if shared.numel() == 0:
                 continue
-            acc_ref = _accuracy_on(ref, shared)
-            drop = acc_ref - _accuracy_on(rows[name], shared)
+            acc_ref, acc = _accuracy_on(ref, shared), _accuracy_on(rows[name], shared)
             margin = noise_margin(shared.numel(), acc_ref, z=self.z, min_margin=self.min_margin)
-            compared.append((drop - margin, drop, margin, name))
+            compared.append((acc_ref - acc - margin, acc_ref - acc, margin, name, acc_ref, acc, shared.numel()))
         if not compared:
             return Flag(self.name, False, 0.0, 0.0, f"no samples shared by {self.reference} and {self.candidates}")
-        _, drop, margin, name = max(compared)
+        _, drop, margin, name, acc_ref, acc, n = max(compared)
         raised = drop > margin
-        msg = f"{name} lowers robust accuracy by {drop:+.2%} relative to {self.reference} (noise margin {margin:.2%})"
+        msg = (f"{name} {acc:.2%} vs {self.reference} {acc_ref:.2%} on {n} shared samples "
+               f"(lower by {drop:+.2%}, noise margin {margin:.2%})")
         if raised:
             msg += ": gradients of the white-box attack may be obfuscated"
         return Flag(self.name, raised, float(drop), float(margin), msg)

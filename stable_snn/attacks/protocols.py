@@ -315,12 +315,14 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, protocol: Protocol | str, *,
-                   generator_seed: int, batch_index: int, positions: torch.Tensor | None = None) -> BatchResult:
+                   generator_seed: int, batch_index: int, positions: torch.Tensor | None = None,
+                   on_row: Callable[[int, RowResult, float], None] | None = None) -> BatchResult:
     """Run every row of ``protocol`` on one batch.
 
     images ``[B, C, H, W]`` in [0, 1]; labels ``[B]``; positions ``[B]``: the samples' positions in
     the evaluated set (default ``0..B-1``), which decide subset rows. Tensors move to the model's
-    device; results come back on the CPU.
+    device; results come back on the CPU. ``on_row(batch_index, row_result, seconds)`` is called
+    as each row finishes.
     """
     protocol = get_protocol(protocol)
     check_images(images, labels)
@@ -345,6 +347,8 @@ def evaluate_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         pred = _predict(model, adv) if len(yk) else yk
         seconds[row.name] = time.perf_counter() - start
         rows[row.name] = RowResult(row.name, positions[keep], (pred == yk).cpu(), pred.cpu(), row.eps)
+        if on_row is not None:
+            on_row(batch_index, rows[row.name], seconds[row.name])
     zero = zero_gradient_mask(model, x, y).cpu() if protocol.measure_zero_gradients else None
     return BatchResult(batch_index, positions, labels.cpu().long(), rows, zero, seconds)
 
@@ -387,7 +391,7 @@ def merge_batches(protocol: Protocol | str, batches: Iterable[BatchResult]) -> P
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """One row of one batch done: running accuracy of ``row`` over the batches done so far."""
+    """One row done on one batch: running accuracy of ``row`` over the batches it has finished."""
 
     row: str
     batch_index: int
@@ -403,24 +407,28 @@ class ProgressEvent:
 
 
 class ProgressTracker:
-    """Accumulates batch results (in any order) and calls ``callback(ProgressEvent)`` per row."""
+    """Accumulates row results (batches in any order) and calls ``callback(ProgressEvent)`` for each."""
 
     def __init__(self, protocol: Protocol | str, num_batches: int, callback: Callable[[ProgressEvent], None] | None):
         self.protocol = get_protocol(protocol)
         self.num_batches = num_batches
         self.callback = callback
-        self.done = 0
+        self.batches = {r.name: 0 for r in self.protocol.rows}
         self.samples = {r.name: 0 for r in self.protocol.rows}
         self.correct = {r.name: 0 for r in self.protocol.rows}
 
-    def update(self, batch: BatchResult) -> None:
-        self.done += 1
-        for name, r in batch.rows.items():
-            self.samples[name] += r.n
-            self.correct[name] += int(r.correct.sum())
-            if self.callback is not None:
-                self.callback(ProgressEvent(name, batch.batch_index, self.done, self.num_batches,
-                                            self.samples[name], self.correct[name], batch.seconds.get(name, 0.0)))
+    def row_done(self, batch_index: int, row: RowResult, seconds: float) -> None:
+        self.batches[row.name] += 1
+        self.samples[row.name] += row.n
+        self.correct[row.name] += int(row.correct.sum())
+        if self.callback is not None:
+            self.callback(ProgressEvent(row.name, batch_index, self.batches[row.name], self.num_batches,
+                                        self.samples[row.name], self.correct[row.name], seconds))
+
+    def batch_done(self, batch: BatchResult) -> None:
+        """All rows of a batch at once (results coming back from a worker)."""
+        for name, row in batch.rows.items():
+            self.row_done(batch.batch_index, row, batch.seconds.get(name, 0.0))
 
 
 def evaluate_protocol(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, protocol: Protocol | str, *,
@@ -439,8 +447,7 @@ def evaluate_protocol(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     tracker = ProgressTracker(protocol, len(batches), progress)
     results = []
     for b, start, stop in batches:
-        result = evaluate_batch(model, images[start:stop], labels[start:stop], protocol, generator_seed=generator_seed,
-                                batch_index=b, positions=torch.arange(start, stop))
-        tracker.update(result)
-        results.append(result)
+        results.append(evaluate_batch(model, images[start:stop], labels[start:stop], protocol,
+                                      generator_seed=generator_seed, batch_index=b, positions=torch.arange(start, stop),
+                                      on_row=tracker.row_done))
     return merge_batches(protocol, results)

@@ -33,14 +33,15 @@ class _ConvChunkedWeightGrad(torch.autograd.Function):
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         y = F.conv2d(x, w, b, stride, padding, dilation, groups)
-        ctx.conf = (stride, padding, dilation, groups, bias is not None)
+        ctx.conf = (stride, padding, dilation, groups, bias is not None, weight.dtype)
         ctx.save_for_backward(x, w)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, w = ctx.saved_tensors
-        stride, padding, dilation, groups, has_bias = ctx.conf
+        stride, padding, dilation, groups, has_bias, weight_dtype = ctx.conf
+        acc = torch.promote_types(weight_dtype, torch.float32)
         grad_y = grad_y.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
             memory_format=torch.channels_last) else grad_y.contiguous()
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -52,10 +53,11 @@ class _ConvChunkedWeightGrad(torch.autograd.Function):
             rows = max(1, WGRAD_CHUNK_PIXELS // max(1, grad_y.shape[2] * grad_y.shape[3]))
             for i in range(0, x.shape[0], rows):
                 part = torch.ops.aten.convolution_backward(
-                    grad_y[i:i + rows], x[i:i + rows], w, *args, [False, True, False])[1].float()
+                    grad_y[i:i + rows], x[i:i + rows], w, *args, [False, True, False])[1].to(acc)
                 gw = part if gw is None else gw.add_(part)
+            gw = gw.to(weight_dtype)
         if has_bias and ctx.needs_input_grad[2]:
-            gb = grad_y.float().sum((0, 2, 3))
+            gb = grad_y.to(acc).sum((0, 2, 3)).to(weight_dtype)
         return gx, gw, gb, None, None, None, None, None
 
 

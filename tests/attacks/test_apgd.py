@@ -143,6 +143,9 @@ def test_apgd_matches_slow_transcription(loss, n_iter, eps):
 def test_more_restarts_only_fool_more(trained):
     """The first run uses the same draws, so a second restart can only add fooled samples."""
     x, y = trained.images[:64], trained.labels[:64]
-    one = predictions(trained.model, APGD(steps=5, n_restarts=1)(trained.model, x, y, torch.Generator().manual_seed(0))) == y
-    two = predictions(trained.model, APGD(steps=5, n_restarts=2)(trained.model, x, y, torch.Generator().manual_seed(0))) == y
+    robust = {}
+    for n in (1, 2):
+        adv = APGD(steps=5, n_restarts=n)(trained.model, x, y, torch.Generator().manual_seed(0))
+        robust[n] = predictions(trained.model, adv) == y
+    one, two = robust[1], robust[2]
     assert not (two & ~one).any()

@@ -78,5 +78,6 @@ def test_agrees_with_torchattacks(name, trained):
 def test_pgd_without_random_start_is_identical(trained):
     model, x, y = trained.model, trained.images[:32], trained.labels[:32]
     ours = PGD(eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)(model, x, y)
-    theirs = _theirs(lambda m: torchattacks.PGD(m, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False), model, x, y)
+    theirs = _theirs(lambda m: torchattacks.PGD(m, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False),
+                     model, x, y)
     assert torch.allclose(ours, theirs, atol=1e-6)

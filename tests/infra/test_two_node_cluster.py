@@ -38,8 +38,8 @@ JOB_ARGS = [
     "--config", str(QUICK), "--set", f"run.name={NAME}", "--set", f"run.registered_model={MODEL}",
     "--set", "optim.epochs=1", "--set", "run.num_workers=2", "--set", "run.placement_strategy=STRICT_SPREAD",
     "--set", "run.cpus_per_worker=0.5", "--set", "validation.cpus=0.5",
-    "--set", "run.max_failures=0",  # a restarted worker group would hide a placement problem
-    *TINY,
+    "--set", "run.max_failures=0",  # a restarted worker group would muddle the placement check
+    *TINY, "--set", "data.train_subset=256", "--set", "validation.pgd_steps=2",  # 4 steps per worker, a short PGD
 ]
 
 
@@ -83,14 +83,14 @@ def _placement(address: str) -> tuple[dict[str, str], list]:
     """``{HEAD_RESOURCE: node id, WORKER_RESOURCE: node id}`` and the ``RayTrainWorker`` actors, from the state API."""
     from ray.util.state import list_actors, list_nodes
 
-    nodes = list_nodes(address=address, detail=True, raise_on_missing_output=False)
+    nodes = list_nodes(address=address, detail=True, timeout=60, raise_on_missing_output=False)
     by_resource = {}
     for node in nodes:
         for key in (HEAD_RESOURCE, WORKER_RESOURCE):
             if node.resources_total.get(key):
                 by_resource[key] = node.node_id
     actors = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")], detail=True,
-                         raise_on_missing_output=False)
+                         timeout=60, raise_on_missing_output=False)
     return by_resource, actors
 
 
@@ -108,13 +108,15 @@ def test_quick_job_on_two_node_cluster(tmp_path, request, cifar10, monkeypatch):
 
     # the cluster had two nodes, told apart by their custom resources
     assert set(nodes) == {HEAD_RESOURCE, WORKER_RESOURCE} and len(set(nodes.values())) == 2, nodes
-    # one Ray Train worker ran on each of them
-    assert len(actors) == 2, [(a.actor_id, a.state, a.node_id) for a in actors]
-    assert sorted(a.node_id for a in actors) == sorted(nodes.values()), (nodes, [(a.pid, a.node_id) for a in actors])
+    # the job's one worker group (one placement group, never restarted) had a worker on each of them
+    seen = [(a.actor_id, a.state, a.node_id, a.placement_group_id, a.num_restarts) for a in actors]
+    assert len(actors) == 2 and len({a.placement_group_id for a in actors}) == 1, seen
+    assert all(a.num_restarts == 0 for a in actors), seen
+    assert sorted(a.node_id for a in actors) == sorted(nodes.values()), (nodes, seen)
 
     # the checkpoint went to the shared storage path, complete with its checksums
     ckpt = storage / NAME / "checkpoint_epoch_0001"
-    assert (ckpt / "checksums.json").is_file(), sorted(p.name for p in (storage / NAME).iterdir())
+    assert (ckpt / "checksums.json").is_file(), sorted(str(p.relative_to(storage)) for p in storage.rglob("*"))
 
     # the run and the registered model are on the tracking server
     from mlflow import MlflowClient

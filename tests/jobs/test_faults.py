@@ -1,0 +1,380 @@
+"""Faults the jobs survive, each caused for real: a Ray Train worker killed with SIGKILL, the driver
+killed and relaunched, the MLflow server unreachable at the start or gone in the middle of a run, a
+Tune trial losing its worker, and a loss that becomes NaN."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.checkpointing import RAY_SNAPSHOT, load_checkpoint
+from jobs.local_stack import free_port, start_mlflow_server, stop
+from tests.jobs.helpers import QUICK, REPO, job_env
+
+# Smaller than helpers.TINY: one worker, T=2, 8 steps of 32 images per epoch (a kill lands mid-epoch),
+# PGD-2 validation on 32 images.
+TINY = [
+    "--set", "run.num_workers=1", "--set", "run.cpus_per_worker=0.5", "--set", "model.timesteps=2",
+    "--set", "data.train_subset=256", "--set", "data.val_size=128", "--set", "optim.batch_size=32",
+    "--set", "validation.subset=32", "--set", "validation.batch_size=32", "--set", "validation.pgd_steps=2",
+]
+TRAIN_ACTORS = ("TrainController", "RayTrainWorker")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _args(name: str, *extra: str, cifar10=None) -> list[str]:
+    return ["--config", str(QUICK), "--set", f"run.name={name}", *TINY, *extra, *(cifar10.overrides()[2:] if cifar10 else [])]
+
+
+def _start(module: str, args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """The job as a subprocess in its own process group, output to ``log``."""
+    out = open(log, "w")
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
+def _wait_for(condition, what: str, proc: subprocess.Popen | None = None, log: Path | None = None, timeout: float = 600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := condition()):
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the job ended (rc {proc.returncode}) before {what}:\n{_tail(log)}")
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}:\n{_tail(log)}")
+
+
+def _tail(log: Path | None, n: int = 6000) -> str:
+    return log.read_text(errors="replace")[-n:] if log is not None and log.exists() else ""
+
+
+def _registered_epoch(storage: Path, name: str) -> int:
+    """The latest epoch whose checkpoint Ray Train has registered (its snapshot), 0 if none."""
+    try:
+        latest = json.loads((storage / name / RAY_SNAPSHOT).read_text())["latest_checkpoint_result"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return int(latest["checkpoint_dir_name"].rsplit("_", 1)[1]) if latest else 0
+
+
+def _client(uri):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _runs_named(client, name: str):
+    from jobs.tracking import RUN_NAME_TAG
+
+    exp = client.get_experiment_by_name("stable-snn")
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'")
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(int(m.step) for m in client.get_metric_history(run_id, key))
+
+
+def _train_actors(dashboard: str, job_id: str | None = None) -> list:
+    from ray.util.state import list_actors
+
+    filters = [("state", "=", "ALIVE")] + ([("job_id", "=", job_id)] if job_id else [])
+    return [a for a in list_actors(address=dashboard, filters=filters, detail=True, raise_on_missing_output=False)
+            if a.class_name in TRAIN_ACTORS]
+
+
+def _assert_epochs_logged_once(client, run_id: str, epochs: int) -> None:
+    for key in ("train_loss", "val_robust_acc", "val_clean_acc"):
+        assert _steps(client, run_id, key) == list(range(1, epochs + 1)), key
+
+
+@pytest.fixture
+def ray_env(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the state API client, like the jobs
+
+
+# -- 1. a Ray Train worker killed with SIGKILL in the middle of an epoch ------------------------
+
+
+@pytest.mark.slow
+def test_worker_sigkill_mid_epoch_resumes_into_same_run(tmp_path, mlflow_server, ray_head, cifar10, ray_env):
+    """SIGKILL to the live RayTrainWorker process while it trains epoch 2: new workers resume from the
+    epoch-1 checkpoint, all epochs finish, one MLflow run with each epoch logged once, one model version."""
+    name, storage, log = "fault-sigkill", tmp_path / "storage", tmp_path / "driver.log"
+    env = job_env(mlflow_server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
+    proc = _start("jobs.train", _args(name, "--set", "optim.epochs=2", "--set", "run.max_failures=1",
+                                      "--set", "run.registered_model=test-fault-sigkill", cifar10=cifar10), env, log)
+    try:
+        _wait_for(lambda: _registered_epoch(storage, name) >= 1, "the epoch-1 checkpoint", proc, log)
+        workers = _train_actors(ray_head.address)
+        workers = [a for a in workers if a.class_name == "RayTrainWorker"]
+        assert len(workers) == 1, workers
+        os.kill(workers[0].pid, signal.SIGKILL)
+        killed_at = _registered_epoch(storage, name)
+        rc = proc.wait(timeout=900)
+    finally:
+        _kill_group(proc)
+    out = _tail(log, 20000)
+    assert rc == 0, out
+    assert killed_at == 1, "the kill landed after epoch 2 was checkpointed"
+    state, _ = load_checkpoint(storage / name / "checkpoint_epoch_0002")
+    assert state["resumes"] == [1]
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+
+    client = _client(mlflow_server.address)
+    runs = _runs_named(client, name)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    _assert_epochs_logged_once(client, runs[0].info.run_id, 2)
+    assert len(client.search_model_versions("name='test-fault-sigkill'")) == 1
+
+
+# -- 2. the driver killed and started again ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_driver_killed_and_relaunched_continues_same_run(tmp_path, mlflow_server, ray_head, cifar10, ray_env):
+    """SIGKILL to the driver's process group after epoch 1 is checkpointed: its Ray Train controller and
+    workers die with it; the same command started again continues from the checkpoint in the storage
+    path into the same MLflow run (no new run, no repeated epoch) and registers one version."""
+    name, storage = "fault-driver", tmp_path / "storage"
+    env = job_env(mlflow_server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
+    args = _args(name, "--set", "optim.epochs=2", "--set", "run.registered_model=test-fault-driver", cifar10=cifar10)
+    first = _start("jobs.train", args, env, tmp_path / "driver-1.log")
+    try:
+        _wait_for(lambda: _registered_epoch(storage, name) >= 1, "the epoch-1 checkpoint", first, tmp_path / "driver-1.log")
+    finally:
+        _kill_group(first)
+    old_job = json.loads((storage / name / "driver.json").read_text())["job_id"]
+    second = _start("jobs.train", args, env, tmp_path / "driver-2.log")  # at once: it must wait for the old actors
+    try:
+        t0 = time.monotonic()
+        _wait_for(lambda: not _train_actors(ray_head.address, old_job), "the killed driver's actors to stop", timeout=120)
+        gone_after = time.monotonic() - t0
+        resumed_from = _registered_epoch(storage, name)
+        rc = second.wait(timeout=900)
+    finally:
+        _kill_group(second)
+    out = _tail(tmp_path / "driver-2.log", 20000)
+    print(f"the killed driver's Train controller and workers were gone {gone_after:.1f} s after the kill")
+    assert rc == 0, out
+    assert "resuming MLflow run" in out
+    state, _ = load_checkpoint(storage / name / "checkpoint_epoch_0002")
+    assert resumed_from >= 1 and state["resumes"] == [resumed_from]
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+
+    client = _client(mlflow_server.address)
+    runs = _runs_named(client, name)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    _assert_epochs_logged_once(client, runs[0].info.run_id, 2)
+    assert len(client.search_model_versions("name='test-fault-driver'")) == 1
+
+
+# -- 3. the MLflow server unreachable ------------------------------------------------------------
+
+
+def test_unreachable_mlflow_at_start_fails_within_seconds(tmp_path):
+    """Nothing listens at the tracking URI: the job exits with status 3 and a message naming the URI,
+    before it imports torch or starts Ray, and creates nothing."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, STABLE_SNN_STORAGE_PATH=str(tmp_path / "storage"))
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "jobs.train", "--config", str(QUICK), "--set", "run.name=unreachable"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    wall = time.monotonic() - t0
+    print(f"failed after {wall:.1f} s")
+    assert out.returncode == 3, out.stderr
+    assert uri in out.stderr and "unreachable" in out.stderr
+    assert wall < 30
+    assert not (tmp_path / "storage").exists()
+
+
+def test_outbox_not_sent_before_deadline_fails_naming_uri_and_keeps_metrics(tmp_path):
+    """The driver's final flush gives up after its deadline with a message naming the URI and the
+    outbox; the parked metrics stay on disk for a relaunch."""
+    from jobs.tracking import RunLogger, TrackingUnavailableError, configure_client_retries, outbox_for
+    from jobs.train import flush_outbox
+    from stable_snn.config import load_config
+
+    configure_client_retries()
+    uri = f"http://127.0.0.1:{free_port()}"
+    cfg = load_config(QUICK, [f"run.storage_path={tmp_path}", "run.name=outage"])
+    outbox = outbox_for(cfg.run.resolved_storage(), cfg.run.name)
+    logger = RunLogger(_client(uri), "0" * 32, outbox)
+    assert logger.log({"train_loss": 1.0}, step=1) is False
+    assert len(list(outbox.glob("*.json"))) == 1
+    t0 = time.monotonic()
+    with pytest.raises(TrackingUnavailableError) as e:
+        flush_outbox(_client(uri), "0" * 32, cfg, uri, deadline_s=2)
+    assert time.monotonic() - t0 < 60
+    assert uri in str(e.value) and str(outbox) in str(e.value) and "1 metric values" in str(e.value)
+    assert len(list(outbox.glob("*.json"))) == 1
+
+
+@pytest.mark.slow
+def test_run_logger_parks_metrics_while_server_is_down_and_sends_them_once(tmp_path, mlflow_server):
+    """Logged while the server does not answer: the metrics go to the outbox; once it answers, a flush
+    sends them, and an outbox batch sent twice (a crash between sending and removing it) is logged once."""
+    from jobs.tracking import RunLogger, configure_client_retries
+
+    configure_client_retries()
+    live = _client(mlflow_server.address)
+    exp = live.get_experiment_by_name("outbox-test") or live.get_experiment(live.create_experiment("outbox-test"))
+    run_id = live.create_run(exp.experiment_id).info.run_id
+    outbox = tmp_path / "outbox"
+    down = RunLogger(_client(f"http://127.0.0.1:{free_port()}"), run_id, outbox)
+    assert down.log({"train_loss": 0.5, "val_robust_acc": 0.1}, step=1) is False
+    assert down.log({"train_loss": 0.4, "val_robust_acc": 0.2}, step=2) is False
+    assert down.unsent == 4 and len(list(outbox.glob("*.json"))) == 2
+    first = sorted(outbox.glob("*.json"))[0]
+    (outbox / ("0-" + first.name)).write_text(first.read_text())  # the same batch twice
+
+    up = RunLogger(live, run_id, outbox)
+    assert up.flush(deadline_s=30, interval_s=1)
+    assert up.unsent == 0 and not list(outbox.glob("*.json"))
+    assert up.log({"train_loss": 0.3, "val_robust_acc": 0.3}, step=3)
+    assert up.log({"train_loss": 0.3, "val_robust_acc": 0.3}, step=3)  # a re-run of the same epoch
+    for key in ("train_loss", "val_robust_acc"):
+        assert _steps(live, run_id, key) == [1, 2, 3], key
+    live.set_terminated(run_id)
+
+
+@pytest.mark.slow
+def test_mlflow_server_gone_mid_run_then_back(tmp_path, ray_head, cifar10, ray_env):
+    """The tracking server stops after epoch 1 is logged: training and checkpointing go on, the epochs'
+    metrics wait in the outbox, and reach the server once it is back on the same port and store; the
+    job completes with every epoch logged exactly once."""
+    name, storage, log = "fault-mlflow", tmp_path / "storage", tmp_path / "driver.log"
+    port = free_port()
+    server = start_mlflow_server(tmp_path / "mlflow", port)
+    restarted = None
+    env = job_env(server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
+    env["STABLE_SNN_OUTBOX_DEADLINE_S"] = "600"
+    proc = _start("jobs.train", _args(name, "--set", "optim.epochs=3", "--set", "run.registered_model=test-fault-mlflow",
+                                      cifar10=cifar10), env, log)
+    client = _client(server.address)
+    outbox = storage / name / "mlflow-outbox"
+    try:
+        def epoch_1_logged():
+            runs = _runs_named(client, name)
+            return runs and 1 in _steps(client, runs[0].info.run_id, "val_robust_acc") and runs[0].info.run_id
+
+        run_id = _wait_for(epoch_1_logged, "epoch 1's metrics in MLflow", proc, log)
+        stop(server)
+        _wait_for(lambda: list(outbox.glob("*.json")), "metrics parked in the outbox", proc, log)
+        _wait_for(lambda: _registered_epoch(storage, name) >= 2, "a checkpoint written during the outage", proc, log)
+        restarted = start_mlflow_server(tmp_path / "mlflow", port)
+        rc = proc.wait(timeout=900)
+        out = _tail(log, 20000)
+        assert rc == 0, out
+        assert "metrics kept for retry" in out
+        assert not list(outbox.glob("*.json"))
+        runs = _runs_named(client, name)
+        assert len(runs) == 1 and runs[0].info.run_id == run_id and runs[0].info.status == "FINISHED"
+        _assert_epochs_logged_once(client, run_id, 3)
+        assert len(client.search_model_versions("name='test-fault-mlflow'")) == 1
+    finally:
+        _kill_group(proc)
+        stop(restarted or server)
+
+
+# -- 4. a Tune trial loses its worker ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tune_trial_worker_loss_resumes_and_search_completes(tmp_path, mlflow_server, ray_head, cifar10):
+    """Each of two trials loses its rank-0 worker in the middle of epoch 2 (run.fail_at_epoch): each
+    resumes from its epoch-1 checkpoint, and the search completes with one child run per trial whose
+    epochs are logged once."""
+    space = tmp_path / "fault-grid.yaml"
+    space.write_text(yaml.safe_dump({"name": "fault-grid", "search": "grid", "params": {"objective.rho": {"grid": [0.0, 1.0]}}}))
+    storage = tmp_path / "storage"
+    env = job_env(mlflow_server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
+    args = ["--space", str(space), "--config", str(QUICK), "--name", "fault-grid", "--no-register", *TINY,
+            "--set", "optim.epochs=2", "--set", "run.fail_at_epoch=2", "--set", "run.max_failures=1",
+            *cifar10.overrides()[2:]]
+    out = subprocess.run([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=1200)
+    log = out.stdout + out.stderr
+    (tmp_path / "tune.log").write_text(log)
+    assert out.returncode == 0, log[-6000:]
+    assert log.count("run.fail_at_epoch=2: killing this worker") == 2
+
+    client = _client(mlflow_server.address)
+    parent = _runs_named(client, "fault-grid")
+    assert len(parent) == 1
+    exp = client.get_experiment_by_name("stable-snn")
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status == "FINISHED"
+        trial_run = child.data.tags["stable_snn.run_name"]
+        state, _ = load_checkpoint(storage / trial_run / "checkpoint_epoch_0002")
+        assert state["resumes"] == [1], trial_run
+        _assert_epochs_logged_once(client, child.info.run_id, 2)
+
+
+# -- 5. the loss becomes NaN ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_epoch_and_step_and_last_good_checkpoint_registers(tmp_path, mlflow_server, ray_head, cifar10):
+    """A NaN loss in the middle of epoch 2 stops the job (not retried, though max_failures allows it) with
+    a message naming epoch and step; the epoch-1 checkpoint stays; a relaunch is refused before any
+    compute; jobs.register registers epoch 1 into the same MLflow run with the alias candidate."""
+    name, storage = "fault-nan", tmp_path / "storage"
+    env = job_env(mlflow_server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
+    args = _args(name, "--set", "optim.epochs=2", "--set", "run.nan_at_epoch=2", "--set", "run.max_failures=2",
+                 "--set", "run.registered_model=test-fault-nan", cifar10=cifar10)
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "jobs.train", *args], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=900)
+    log = out.stdout + out.stderr
+    (tmp_path / "nan.log").write_text(log)
+    print(f"stopped after {time.monotonic() - t0:.1f} s")
+    assert out.returncode == 4, log[-6000:]
+    assert "the loss became nan at epoch 2 step 5" in out.stderr
+    assert "python -m jobs.register" in out.stderr
+    assert log.count("putting a NaN into the classifier") == 1  # no retry of a deterministic failure
+    assert sorted(p.name for p in (storage / name).glob("checkpoint_epoch_*")) == ["checkpoint_epoch_0001"]
+    state, _ = load_checkpoint(storage / name / "checkpoint_epoch_0001")
+    assert state["epoch"] == 1
+
+    client = _client(mlflow_server.address)
+    runs = _runs_named(client, name)
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    run_id = runs[0].info.run_id
+    assert client.search_model_versions("name='test-fault-nan'") == []
+
+    t0 = time.monotonic()
+    again = subprocess.run([sys.executable, "-m", "jobs.train", *args], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 4 and "epoch 2 step 5" in again.stderr and "choose a new run.name" in again.stderr
+    assert "Connecting to existing Ray cluster" not in again.stdout + again.stderr
+    print(f"relaunch refused after {time.monotonic() - t0:.1f} s")
+
+    reg = subprocess.run([sys.executable, "-m", "jobs.register", "--config", str(QUICK), "--set", f"run.name={name}",
+                          "--set", "run.registered_model=test-fault-nan"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert reg.returncode == 0, (reg.stdout + reg.stderr)[-4000:]
+    assert "models:/test-fault-nan@candidate (version 1) from epoch 1" in reg.stdout
+    versions = client.search_model_versions("name='test-fault-nan'")
+    assert len(versions) == 1 and versions[0].run_id == run_id and versions[0].tags["epoch"] == "1"
+    assert client.get_model_version_by_alias("test-fault-nan", "candidate").version == versions[0].version
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert _steps(client, run_id, "val_robust_acc") == [1]

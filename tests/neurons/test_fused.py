@@ -1,0 +1,135 @@
+"""The fused BatchNorm-LIF/DLIF(-pooling) Function against BatchNorm2d + the per-step neuron + AvgPool2d.
+
+fp64, eager kernels: spikes identical, every gradient (input, BatchNorm affine, DLIF gain)
+and the BatchNorm running statistics equal to round-off.  The compiled kernels are checked
+once against the eager ones (slow: compilation).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stable_snn.neurons import DLIF, LIF, lif_multistep_reference
+from stable_snn.neurons.fused import fused_lif
+
+T, B, C, H, W = 4, 3, 5, 4, 6
+
+
+def make(form, bn_mode, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    neuron = LIF(T, threshold=0.8) if form is None else DLIF(T, gain_form=form, threshold=0.8)
+    if form is not None:
+        with torch.no_grad():
+            neuron.gain.copy_(0.7 + 0.6 * torch.rand(T, generator=g))
+    neuron = neuron.to(dtype)
+    bn = None
+    if bn_mode is not None:
+        bn = nn.BatchNorm2d(C).to(dtype)
+        with torch.no_grad():
+            bn.weight.copy_(0.5 + torch.rand(C, generator=g))
+            bn.bias.copy_(-0.2 + 0.8 * torch.rand(C, generator=g))
+            bn.running_mean.copy_(-0.3 + 0.6 * torch.rand(C, generator=g))
+            bn.running_var.copy_(0.5 + 1.5 * torch.rand(C, generator=g))
+        bn.train(bn_mode == "train")
+    return neuron, bn, g
+
+
+def reference(x5, neuron, bn, pool):
+    """BatchNorm2d on [T*B, C, H, W], the per-step neuron, AvgPool2d(2): ``[T, B, C, H', W']``."""
+    xr = x5.expand(T, *x5.shape[1:]).reshape(T * B, C, H, W)
+    current = (bn(xr) if bn is not None else xr).reshape(T, B, C, H, W)
+    s, _ = lif_multistep_reference(current, neuron.leak, neuron.threshold, neuron.surrogate_width,
+                                   neuron.gains(), neuron.gain_form)
+    return F.avg_pool2d(s.flatten(0, 1), 2).unflatten(0, (T, B)) if pool else s
+
+
+def fused(x5, neuron, bn, pool, kernels="eager"):
+    """The same through fused_lif on the channels-last view ``[Tx, B, H, W, C]``."""
+    x = x5.permute(0, 1, 3, 4, 2)
+    if not pool:
+        x = x.reshape(x.shape[0], -1, C)
+    out = fused_lif(x, neuron, T, bn, pool, kernels)
+    h, w = (H // 2, W // 2) if pool else (H, W)
+    return out.reshape(T, B, h, w, C).permute(0, 1, 4, 2, 3)
+
+
+def params(x, neuron, bn):
+    return [x] + ([neuron.gain] if neuron.gains() is not None else []) + ([bn.weight, bn.bias] if bn is not None else [])
+
+
+@pytest.mark.parametrize("form", [None, "leak", "input"])
+@pytest.mark.parametrize("bn_mode", [None, "eval", "train"])
+@pytest.mark.parametrize("static", [False, True], ids=["per-step", "static"])
+@pytest.mark.parametrize("pool", [False, True], ids=["no-pool", "pool"])
+def test_fused_matches_modules(form, bn_mode, static, pool):
+    neuron, bn, g = make(form, bn_mode)
+    x = (0.5 + 1.5 * torch.randn(1 if static else T, B, C, H, W, generator=g, dtype=torch.float64)).requires_grad_(True)
+    bn_ref = copy.deepcopy(bn)
+    expected = reference(x, neuron, bn_ref, pool)
+    out = fused(x, neuron, bn, pool)
+    assert out.dtype == x.dtype
+    assert torch.equal(out, expected)
+    assert 0 < expected.mean() < 1  # both firing and silence
+    weight = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((out * weight).sum(), params(x, neuron, bn))
+    expected_grads = torch.autograd.grad((expected * weight).sum(), params(x, neuron, bn_ref))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    if bn is not None:
+        for a, b in zip(bn.buffers(), bn_ref.buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_running_stats_count_static_copies_with_cumulative_momentum():
+    neuron, bn, g = make(None, "train")
+    bn.momentum = None
+    bn.reset_running_stats()
+    bn_ref = copy.deepcopy(bn)
+    x = torch.randn(1, B, C, H, W, generator=g, dtype=torch.float64)
+    fused(x, neuron, bn, False)
+    reference(x, neuron, bn_ref, False)
+    for a, b in zip(bn.buffers(), bn_ref.buffers()):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_input_keeps_fp32_state(dtype):
+    neuron, bn, g = make("leak", "train", dtype=torch.float32)
+    x = torch.randn(T, B, C, H, W, generator=g).to(dtype).requires_grad_(True)
+    out = fused(x, neuron, bn, True)
+    assert out.dtype == dtype
+    expected = fused(x.detach().float(), neuron, copy.deepcopy(bn), True)
+    assert torch.equal(out.float(), expected)
+    (grad,) = torch.autograd.grad(out.float().sum(), x)
+    assert grad.dtype == dtype and torch.isfinite(grad).all()
+
+
+def test_shape_errors():
+    neuron, bn, _ = make(None, "train", dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"\[T=4 or 1"):
+        fused_lif(torch.zeros(3, 2, C), neuron, T, bn)
+    with pytest.raises(ValueError, match="even H, W"):
+        fused_lif(torch.zeros(T, B, 3, 4, C), neuron, T, bn, pool=True)
+    with pytest.raises(ValueError, match="kernels"):
+        fused_lif(torch.zeros(T, B, C), neuron, T, None, False, "triton")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+def test_compiled_kernels_match_eager(bn_mode):
+    """torch.compile'd kernels: same spikes, gradients to fp32 round-off (compiles, so slow)."""
+    neuron, bn, g = make("leak", bn_mode, dtype=torch.float32)
+    x = (0.5 + 1.5 * torch.randn(T, B, C, H, W, generator=g)).requires_grad_(True)
+    bn_eager = copy.deepcopy(bn)
+    out = fused(x, neuron, bn, True, "compiled")
+    expected = fused(x, neuron, bn_eager, True, "eager")
+    assert torch.equal(out, expected)
+    weight = torch.randn(expected.shape, generator=g)
+    grads = torch.autograd.grad((out * weight).sum(), params(x, neuron, bn))
+    expected_grads = torch.autograd.grad((expected * weight).sum(), params(x, neuron, bn_eager))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
