@@ -183,21 +183,35 @@ def heatmap_gains(gains, out: str | Path, title: str = "DLIF gains a^l[t]") -> P
     return _save(fig, out)
 
 
+STABILITY_KEYS = ("ms_mppd", "tasad", "std", "stability")
+
+
 def _panel_of(key: str) -> str:
+    """The panel a history key is drawn in: loss, accuracy, stability, or a panel of its own."""
     k = key.lower()
     if "acc" in k:
         return "accuracy"
     if "loss" in k or k.startswith("ce") or "_ce" in k:
         return "loss"
-    return "other"
+    if any(name in k for name in STABILITY_KEYS):
+        return "stability"
+    return key
 
 
-def training_curves(history: list[dict], out: str | Path, x_key: str = "epoch") -> Path:
+def training_curves(
+    history: list[dict],
+    out: str | Path,
+    x_key: str = "epoch",
+    skip_prefixes: Sequence[str] = ("dlif_gain/",),
+) -> Path:
     """Plot a training history (one dict of numbers per epoch) into ``out``.
 
-    Keys with ``acc`` go to an accuracy panel, keys with ``loss``/``ce`` to a loss panel, every
-    other numeric key (learning rate, MS-MPPD, ...) to a third panel; non-numeric values and
-    missing keys are gaps.  The x axis is ``history[i][x_key]`` when present, else ``i + 1``.
+    Keys with ``acc`` share an accuracy panel, keys with ``loss``/``ce`` a loss panel, the
+    stability terms (``ms_mppd``, ``tasad``, ``std``) a third; every other numeric key (``lr``,
+    ``images_per_s``, ...) gets a panel of its own, as its scale is its own.  Keys starting with
+    one of ``skip_prefixes`` are left out (the per-layer DLIF gains belong in
+    :func:`heatmap_gains`); non-numeric values and missing keys are gaps.  The x axis is
+    ``history[i][x_key]`` when present, else ``i + 1``.
     """
     if not history:
         raise ValueError("history is empty: nothing to plot")
@@ -205,13 +219,16 @@ def training_curves(history: list[dict], out: str | Path, x_key: str = "epoch") 
     keys: list[str] = []
     for h in history:
         for k, v in h.items():
-            if k != x_key and k not in keys and _is_number(v):
+            if k != x_key and k not in keys and _is_number(v) and not k.startswith(tuple(skip_prefixes)):
                 keys.append(k)
     if not keys:
         raise ValueError(f"history has no numeric entries besides {x_key!r}")
-    panels = [p for p in ("loss", "accuracy", "other") if any(_panel_of(k) == p for k in keys)]
-    fig = Figure(figsize=(4.5 * len(panels), 3.5), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    fixed = [p for p in ("loss", "accuracy", "stability") if any(_panel_of(k) == p for k in keys)]
+    panels = fixed + [k for k in keys if _panel_of(k) == k]
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.5 * ncols, 3.3 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for ax, panel in zip(axes, panels):
         for k in keys:
             if _panel_of(k) == panel:
@@ -220,6 +237,8 @@ def training_curves(history: list[dict], out: str | Path, x_key: str = "epoch") 
         ax.set_xlabel(x_key)
         ax.set_title(panel)
         ax.legend(fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     return _save(fig, out)
 
 

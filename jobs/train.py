@@ -296,12 +296,15 @@ def claim_run(cfg: TrainConfig) -> None:
 def _wait_for_previous_driver(cfg: TrainConfig, previous: dict) -> None:
     from ray.util.state import list_actors
 
+    import ray
+
     job = previous["job_id"]
+    address = ray.get_runtime_context().gcs_address  # explicit: with several Ray instances on a host, none is implied
     deadline = time.monotonic() + PREVIOUS_DRIVER_WAIT_S
     t0 = time.monotonic()
     while True:
         try:
-            actors = list_actors(filters=[("job_id", "=", job), ("state", "!=", "DEAD")], limit=10_000,
+            actors = list_actors(address=address, filters=[("job_id", "=", job), ("state", "!=", "DEAD")], limit=10_000,
                                  raise_on_missing_output=False)
         except Exception as e:  # no dashboard / state API: cannot check, say so
             log.warning("cannot list the Ray actors of the previous driver of %s (job %s): %s", cfg.run.name, job, e)

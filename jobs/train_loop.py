@@ -39,12 +39,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def nonfinite_message(run_name: str, loss: float, epoch: int, step: int, storage: str) -> str:
-    return (
-        f"run {run_name!r}: the loss became {loss} at epoch {epoch} step {step}; training stopped (a non-finite "
-        f"loss recurs on every retry, so it is not retried). The last good checkpoint (epoch {epoch - 1}) is kept in "
-        f"{storage.rstrip('/')}/{run_name} and can still be registered: python -m jobs.register --config <preset> "
-        f"--set run.name={run_name}"
-    )
+    where = f"{storage.rstrip('/')}/{run_name}"
+    kept = (f"The last good checkpoint (epoch {epoch - 1}) is kept in {where} and can still be registered: "
+            f"python -m jobs.register --config <preset> --set run.name={run_name}") if epoch > 1 else "No checkpoint was written yet."
+    return (f"run {run_name!r}: the loss became {loss} at epoch {epoch} step {step}; training stopped (a non-finite "
+            f"loss recurs on every retry, so it is not retried). {kept}")
 
 
 def _record_nonfinite(cfg: TrainConfig, message: str, epoch: int, step: int, loss: float) -> None:

@@ -53,6 +53,14 @@ def trial(config: dict, base: dict, search: str, parent_run_id: str, tracking_ur
     trial_id = tune.get_context().get_trial_id()
     space_overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in config.items()]
     cfg = apply_overrides(config_from_dict(base), [*space_overrides, f"run.name={search}-{trial_id}"])
+    client = MlflowClient(tracking_uri)
+    done = _finished_trial_run(client, cfg)
+    if done is not None:
+        # The search was interrupted after this trial finished but before Tune saved that:
+        # report the finished run's results instead of training again.
+        log.info("trial %s already finished (MLflow run %s); reporting its results", trial_id, done.info.run_id)
+        tune.report({k: done.data.metrics[k] for k in ("val_robust_acc", "val_clean_acc") if k in done.data.metrics})
+        return
     run_training(
         cfg, client, tracking_uri, register=False, parent_run_id=parent_run_id,
         callbacks=[TuneReportCallback()], inline_validation=True,

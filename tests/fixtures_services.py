@@ -46,7 +46,10 @@ def mlflow_server(services_root: Path) -> Iterator[Service]:
 
 @pytest.fixture(scope="session")
 def ray_head(services_root: Path) -> Iterator[Service]:
-    service = start_ray_head(services_root, free_port(), free_port())
+    port = free_port()
+    # RAY_ADDRESS pins Ray's own helper processes (e.g. Ray Train's placement-group cleaner) to this
+    # cluster when other Ray instances run on the host.
+    service = start_ray_head(services_root, port, free_port(), env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
     try:
         yield service
     finally:

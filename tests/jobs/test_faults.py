@@ -204,13 +204,14 @@ def test_unreachable_mlflow_at_start_fails_within_seconds(tmp_path):
     assert not (tmp_path / "storage").exists()
 
 
-def test_outbox_not_sent_before_deadline_fails_naming_uri_and_keeps_metrics(tmp_path):
+def test_outbox_not_sent_before_deadline_fails_naming_uri_and_keeps_metrics(tmp_path, monkeypatch):
     """The driver's final flush gives up after its deadline with a message naming the URI and the
     outbox; the parked metrics stay on disk for a relaunch."""
     from jobs.tracking import RunLogger, TrackingUnavailableError, configure_client_retries, outbox_for
     from jobs.train import flush_outbox
     from stable_snn.config import load_config
 
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     configure_client_retries()
     uri = f"http://127.0.0.1:{free_port()}"
     cfg = load_config(QUICK, [f"run.storage_path={tmp_path}", "run.name=outage"])

@@ -87,9 +87,11 @@ def test_heatmap_gains(tmp_path):
 
 
 def test_training_curves(tmp_path):
+    """The training job's history: per-epoch numbers, per-layer gains (skipped), gaps."""
     history = [
-        {"epoch": e, "train_loss": 2.0 / e, "val_acc": 0.1 * e, "val_robust_acc": 0.05 * e, "lr": 0.1 / e,
-         "note": "text is skipped"}
+        {"epoch": e, "train_loss": 2.0 / e, "train_ce_clean": 2.1 / e, "train_acc": 0.1 * e,
+         "val_robust_acc": 0.05 * e, "train_ms_mppd": 0.3 / e, "lr": 0.1 / e, "images_per_s": 300.0 + e,
+         "note": "text is skipped", **{f"dlif_gain/l{l}_t{t}": 1.0 for l in range(3) for t in range(4)}}
         for e in range(1, 5)
     ]
     history[2].pop("val_robust_acc")  # a missing value is a gap
@@ -97,3 +99,14 @@ def test_training_curves(tmp_path):
     assert png_size(out)[0] > 500
     with pytest.raises(ValueError, match="empty"):
         figures.training_curves([], tmp_path / "empty.png")
+    with pytest.raises(ValueError, match="numeric"):
+        figures.training_curves([{"epoch": 1, "dlif_gain/l0_t0": 1.0}], tmp_path / "gains_only.png")
+
+
+@pytest.mark.parametrize("key,panel", [
+    ("train_loss", "loss"), ("train_ce_pert", "loss"), ("val_clean_acc", "accuracy"),
+    ("train_pert_acc", "accuracy"), ("train_ms_mppd", "stability"), ("train_tasad", "stability"),
+    ("lr", "lr"), ("images_per_s", "images_per_s"),
+])
+def test_training_curve_panels(key, panel):
+    assert figures._panel_of(key) == panel
