@@ -135,7 +135,7 @@ def load_test_set(cfg, dataset_root: str | None, limit: int | None, data_seed: i
                    data_key(dataset, size, data_seed))
 
 
-def progress_logger(protocol: str, batch_size: int):
+def progress_logger(protocol: str):
     def report(e: ProgressEvent) -> None:
         log.info("[%s] %-18s batch %d/%d (%d done): running accuracy %6.2f%% (%.2f s)", protocol, e.row,
                  e.batches_done, e.num_batches, e.samples, 100 * e.running_accuracy, e.seconds)
@@ -143,7 +143,7 @@ def progress_logger(protocol: str, batch_size: int):
 
 
 def run_attacks(args, protocol: Protocol, model, test: TestSet) -> ProtocolResult:
-    report = progress_logger(protocol.name, args.batch_size)
+    report = progress_logger(protocol.name)
     if args.workers == 0:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -180,7 +180,7 @@ def log_run(client, *, experiment_id: str, loaded, protocol: Protocol, result: P
 
     run_name = f"eval-{protocol.name}-{loaded.name}-v{loaded.version}"
     tags = {
-        JOB_KIND_TAG: JOB, RUN_NAME_TAG: run_name, "mlflow.runName": run_name,
+        JOB_KIND_TAG: JOB, RUN_NAME_TAG: run_name,
         "model_name": loaded.name, "model_version": str(loaded.version), "source_run_id": loaded.run_id or "",
         "model_uri": args.model_uri, "protocol": protocol.name, "dataset": test.dataset,
         "limit": str(len(test.labels)), "data": test.key, "seed": str(args.seed),
@@ -268,6 +268,7 @@ def main(argv=None) -> int:
         except ModelNotFoundError as e:
             raise EvaluationInputError(str(e)) from None
         test = load_test_set(loaded.config, args.dataset_root, args.limit, args.data_seed)
+        exp_id = experiment_id(client, args.experiment or loaded.config.run.experiment)
     except EvaluationInputError as e:
         print(f"jobs.evaluate: error: {e}", file=sys.stderr)
         return 2
@@ -277,7 +278,6 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     result = run_attacks(args, protocol, loaded.model, test)
     elapsed = time.perf_counter() - start
-    exp_id = experiment_id(client, args.experiment or loaded.config.run.experiment)
     run_id = log_run(client, experiment_id=exp_id, loaded=loaded, protocol=protocol, result=result, test=test,
                      args=args, elapsed=elapsed)
     tag_and_promote(client, loaded=loaded, result=result, test=test, run_id=run_id, promote=args.promote)

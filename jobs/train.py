@@ -294,9 +294,8 @@ def claim_run(cfg: TrainConfig) -> None:
 
 
 def _wait_for_previous_driver(cfg: TrainConfig, previous: dict) -> None:
-    from ray.util.state import list_actors
-
     import ray
+    from ray.util.state import list_actors
 
     job = previous["job_id"]
     address = ray.get_runtime_context().gcs_address  # explicit: with several Ray instances on a host, none is implied

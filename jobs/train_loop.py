@@ -3,9 +3,18 @@
 Each worker builds its own data shard and model from the config, runs
 ``stable_snn.objective.train_step`` per batch, and every epoch reports a checkpoint
 (model, optimiser, scheduler, epoch, RNG states, history, config) through
-``ray.train.report``.  Rank 0 logs the epoch's training metrics to MLflow (after the
-checkpoint is persisted, and again on resume for any epoch the server missed, so the
-run's per-epoch metrics have no gaps and no duplicates).
+``ray.train.report``.  An epoch's metrics reach MLflow once: from Ray Train's validation
+task after the checkpoint is registered (``jobs.validation``), or with inline validation
+(Tune trials) from rank 0 after reporting, and again on resume for an epoch the server
+missed; the logger drops a step the server already has, so there are no gaps and no
+duplicates.
+
+Failures: a worker that dies is replaced by Ray Train (``run.max_failures``) and the new
+group resumes from the latest registered checkpoint.  A non-finite loss
+(:class:`NonFiniteLossError`, naming epoch and step) or a corrupt checkpoint to resume from
+would recur on every retry: :func:`_stop_on_fatal_callback` makes them stop the run at once.
+Test-only switches: ``run.fail_at_epoch`` (rank 0 dies once in the middle of that epoch) and
+``run.nan_at_epoch`` (the loss becomes NaN in the middle of that epoch).
 """
 from __future__ import annotations
 

@@ -101,8 +101,12 @@ def validate_checkpoint(checkpoint, *, epoch: int, run_id: str | None = None, tr
     """Ray Train validation function for a registered checkpoint.
 
     Loads it, evaluates it, and logs the epoch's training metrics (from the checkpoint's
-    history) together with the validation metrics to the MLflow run at ``step=epoch``.
-    Ray Train runs it once per registered checkpoint, so every epoch is logged exactly once.
+    history) together with the validation metrics to the MLflow run at ``step=epoch``, in
+    one batch.  Ray Train runs it once per registered checkpoint, and again after a relaunch
+    for a checkpoint whose validation had not finished (its snapshot keeps it pending); the
+    logger skips an epoch the run already has, so every epoch is logged exactly once.  While
+    MLflow is unreachable the metrics wait in the run's outbox (sent by the next validation
+    or by the driver).
     """
     setup_logging()
     with checkpoint.as_directory() as folder:

@@ -19,9 +19,11 @@ and only attack the samples no earlier run has fooled.
 
 Where this differs from the AutoAttack code (which follows the same paper): the checkpoints
 are the paper's fractions (the code uses ``int(0.22 N)`` with a fixed decrement); condition 1
-uses the paper's strict ``<``; at a restart from the best point the momentum term is reset
-(``x[k-1] = x[k] = x_best``); the start point is drawn from the caller's generator, never by
-reseeding the global RNG. Samples the model already misclassifies are returned unchanged.
+uses the paper's strict ``<``; the check at ``w_j`` replaces ``x[w_j]`` itself by the best point
+(as the code does; Alg. 1 takes one more step first); at such a restart the momentum term is
+reset (``x[k-1] = x[k] = x_best``); the start point is drawn from the caller's generator, never
+by reseeding the global RNG. Samples the model already misclassifies are returned unchanged;
+for the others the first point that fooled the model is returned, else the highest-loss point.
 """
 from __future__ import annotations
 

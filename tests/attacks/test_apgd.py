@@ -140,6 +140,7 @@ def test_apgd_matches_slow_transcription(loss, n_iter, eps):
     assert fooled[2:].any(), "the attack should fool some samples of this easy model"
 
 
+@pytest.mark.slow  # trains a model
 def test_more_restarts_only_fool_more(trained):
     """The first run uses the same draws, so a second restart can only add fooled samples."""
     x, y = trained.images[:64], trained.labels[:64]

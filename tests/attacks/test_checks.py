@@ -70,5 +70,6 @@ def test_zero_gradient_mask(tiny_model, batch):
     assert zero_gradient_mask(tiny_model, x, y).all()
 
 
+@pytest.mark.slow  # trains a model
 def test_trained_model_has_informative_gradients(trained):
     assert zero_gradient_mask(trained.model, trained.images[:32], trained.labels[:32]).float().mean() == 0

@@ -21,6 +21,8 @@ from tests.attacks.helpers import predictions
 
 torchattacks = pytest.importorskip("torchattacks")
 
+pytestmark = pytest.mark.slow  # trains a model (once per session)
+
 TOLERANCE = 0.02
 
 

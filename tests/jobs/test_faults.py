@@ -185,6 +185,42 @@ def test_driver_killed_and_relaunched_continues_same_run(tmp_path, mlflow_server
     assert len(client.search_model_versions("name='test-fault-driver'")) == 1
 
 
+def test_relaunch_waits_for_a_live_previous_driver_then_refuses(tmp_path, monkeypatch):
+    """The guard behind the relaunch: while the previous driver's Ray Train controller and workers are
+    alive on the same cluster (a driver still running, or one whose actors Ray has not stopped yet), a
+    relaunch waits, then refuses naming the job; once they are gone it takes the run over. (Ray stops
+    a killed driver's actors within a second here, see the test above; the live case is simulated.)"""
+    from types import SimpleNamespace
+
+    import ray
+    import ray.util.state
+
+    from jobs import train
+    from stable_snn.config import load_config
+
+    cfg = load_config(QUICK, [f"run.storage_path={tmp_path}", "run.name=busy"])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "driver.json").write_text(json.dumps({"session": "s1", "job_id": "01000000", "pid": 4321, "host": "h"}))
+    context = SimpleNamespace(gcs_address="127.0.0.1:1", get_session_name=lambda: "s1", get_job_id=lambda: "02000000")
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
+    alive = [SimpleNamespace(class_name="TrainController"), SimpleNamespace(class_name="RayTrainWorker"),
+             SimpleNamespace(class_name="PlacementGroupCleaner")]
+    queries = []
+    monkeypatch.setattr(ray.util.state, "list_actors", lambda **kw: queries.append(kw) or list(alive))
+    monkeypatch.setattr(train, "PREVIOUS_DRIVER_WAIT_S", 0.5)
+    with pytest.raises(train.RunInUseError) as e:
+        train.claim_run(cfg)
+    assert "run.name='busy' is still being trained by Ray job 01000000 (driver pid 4321 on h)" in str(e.value)
+    assert "2 of its Ray Train actors (RayTrainWorker, TrainController)" in str(e.value)
+    assert queries[0]["address"] == "127.0.0.1:1"
+    assert queries[0]["filters"] == [("job_id", "=", "01000000"), ("state", "!=", "DEAD")]
+    assert json.loads((tmp_path / "busy" / "driver.json").read_text())["job_id"] == "01000000"
+
+    alive[:2] = []  # the previous driver's controller and workers are gone (the cleaner is detached)
+    train.claim_run(cfg)
+    assert json.loads((tmp_path / "busy" / "driver.json").read_text())["job_id"] == "02000000"
+
+
 # -- 3. the MLflow server unreachable ------------------------------------------------------------
 
 
