@@ -37,6 +37,7 @@ from .validation import load_splits, validate_inline, validation_subset
 
 log = logging.getLogger("stable_snn.train")
 
+COMMIT_WAIT_S = 600.0  # at most this long for Ray Train to register an epoch's checkpoint
 TRAIN_KEYS = ("train_loss", "train_task_loss", "train_ce_clean", "train_ce_pert", "train_acc", "train_pert_acc", "images_per_s", "lr")
 
 
@@ -288,6 +289,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     report, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
                     validation=ray.train.ValidationTaskConfig(fn_kwargs={"epoch": epoch}) if rank == 0 else False,
                 )
+        # `report` returns before the controller has registered the checkpoint; a worker lost in that
+        # window would make the restarted group resume from the checkpoint before (the epoch done
+        # twice).  Wait for the registration, so a failure in the next epoch resumes from this one.
+        ray.train.get_all_reported_checkpoints(
+            consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=COMMIT_WAIT_S,
+        )
         if logger is not None:
             logger.log(metrics, step=epoch)
     if logger is not None and not logger.flush(deadline_s=float(loop_config.get("flush_deadline_s", 10))):

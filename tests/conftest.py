@@ -6,8 +6,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread in the test process: the tiny test models gain nothing from more, and on
+    a loaded 2-core machine spinning OpenMP threads made them many times slower. Ray workers and
+    job subprocesses choose their own."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 @dataclass(frozen=True)

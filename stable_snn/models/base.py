@@ -67,10 +67,9 @@ class SpikingNetwork(nn.Module):
     * the *fast path* (:meth:`run_fast`, the default): layers before the first neuron run
       once on the ``[B, ...]`` image instead of T times on identical copies (exact; the
       BatchNorm running variance counts the T copies); convolutions in channels-last
-      with a chunked weight gradient (:mod:`.fast`); each BatchNorm-neuron(-2x2 average
-      pooling) triple as one fused autograd Function (:mod:`stable_snn.neurons.fused`)
-      whose kernels are ``kernels="eager"`` (plain PyTorch) or ``"compiled"``
-      (``torch.compile``).
+      (:mod:`.fast`); each BatchNorm-neuron(-2x2 average pooling) triple as one fused
+      autograd Function (:mod:`stable_snn.neurons.fused`) whose kernels are
+      ``kernels="eager"`` (plain PyTorch) or ``"compiled"`` (``torch.compile``).
     """
 
     def __init__(self, timesteps: int, in_channels: int = 3, mean=CIFAR10_MEAN, std=CIFAR10_STD,
@@ -109,9 +108,11 @@ class SpikingNetwork(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``[B, C, H, W]`` images in [0, 1] with the dataset's mean and std."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
+        size = getattr(self, "image_size", None)
+        if x.dim() != 4 or x.shape[1] != self.in_channels or (size is not None and tuple(x.shape[2:]) != (size, size)):
+            hw = f"{size}, {size}" if size is not None else "H, W"
             raise ValueError(
-                f"{type(self).__name__} expects images of shape [B, {self.in_channels}, H, W], got {tuple(x.shape)}"
+                f"{type(self).__name__} expects images of shape [B, {self.in_channels}, {hw}], got {tuple(x.shape)}"
             )
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 

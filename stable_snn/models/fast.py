@@ -1,11 +1,11 @@
 """Pieces of the models' fast path (see :meth:`SpikingNetwork.forward`).
 
-* :func:`conv2d`: a convolution whose weight gradient is computed in batch chunks during
-  training.  oneDNN's bf16 weight-gradient kernel on CPU slows down by two orders of
-  magnitude once ``batch * H * W`` of one call passes about 64k (measured on this
-  project's CPU: 3 s instead of 40 ms for 128 -> 128 channels at 16x16, batch 256); chunks
-  of at most 32k output pixels keep it on its fast path.  Forward and input gradient are
-  one call each, as usual.
+* :func:`conv2d`: a convolution whose low-precision weight gradient runs on one CPU thread
+  during training.  oneDNN's bf16 weight-gradient kernel with two OpenMP threads is
+  erratic on this project's shared 2-core CPU: 0.1 to 4.8 s for 128 -> 128 channels at
+  16x16, batch 256, against a steady 25-55 ms on one thread (AMX); forward, input gradient
+  and every matmul are fine with two threads (measured side by side).  fp32 and CUDA are
+  left as they are.
 * channels-last helpers: convolutions run in ``torch.channels_last``; the fused
   BatchNorm-LIF kernels (:mod:`stable_snn.neurons.fused`) see the same memory as
   ``[T, B, H, W, C]`` without a copy.
@@ -16,7 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WGRAD_CHUNK_PIXELS = 32768
+WGRAD_THREADS = 1  # threads of the CPU low-precision weight-gradient call
+
+
+def _weight_grad(grad_y, x, w, args):
+    """dL/dw of one convolution call (aten's kernel), on WGRAD_THREADS threads for CPU bf16/fp16."""
+    def call():
+        return torch.ops.aten.convolution_backward(grad_y, x, w, *args, [False, True, False])[1]
+
+    if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float16):
+        return call()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(WGRAD_THREADS, threads))
+    try:
+        return call()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -25,8 +40,8 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-class _ConvChunkedWeightGrad(torch.autograd.Function):
-    """y = conv2d(x, w) with the weight gradient summed over batch chunks (fp32 accumulation)."""
+class _ConvFastWeightGrad(torch.autograd.Function):
+    """y = conv2d(x, w) whose weight gradient comes from :func:`_weight_grad`, in the weight's dtype."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups, dtype):
@@ -41,7 +56,7 @@ class _ConvChunkedWeightGrad(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, w = ctx.saved_tensors
         stride, padding, dilation, groups, has_bias, weight_dtype = ctx.conf
-        acc = torch.promote_types(weight_dtype, torch.float32)
+        acc = torch.promote_types(weight_dtype, torch.float32)  # bias gradient accumulation
         grad_y = grad_y.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
             memory_format=torch.channels_last) else grad_y.contiguous()
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -50,19 +65,14 @@ class _ConvChunkedWeightGrad(torch.autograd.Function):
         if need_x:
             gx = torch.ops.aten.convolution_backward(grad_y, x, w, *args, [True, False, False])[0]
         if need_w:
-            rows = max(1, WGRAD_CHUNK_PIXELS // max(1, grad_y.shape[2] * grad_y.shape[3]))
-            for i in range(0, x.shape[0], rows):
-                part = torch.ops.aten.convolution_backward(
-                    grad_y[i:i + rows], x[i:i + rows], w, *args, [False, True, False])[1].to(acc)
-                gw = part if gw is None else gw.add_(part)
-            gw = gw.to(weight_dtype)
+            gw = _weight_grad(grad_y, x, w, args).to(weight_dtype)
         if has_bias and ctx.needs_input_grad[2]:
             gb = grad_y.to(acc).sum((0, 2, 3)).to(weight_dtype)
         return gx, gw, gb, None, None, None, None, None
 
 
 def conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` for ``x`` ``[N, C, H, W]``; in training with gradients, through the chunked weight gradient.
+    """``conv(x)`` for ``x`` ``[N, C, H, W]``; in training with gradients, through :func:`_weight_grad`.
 
     Under autocast the operands are cast to the autocast dtype as autocast would; the
     weight gradient comes back in the weight's dtype.
@@ -74,7 +84,7 @@ def conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     dtype = _autocast_dtype(x.device) or conv.weight.dtype
     x = x.to(dtype)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return _ConvChunkedWeightGrad.apply(
+        return _ConvFastWeightGrad.apply(
             x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, dtype)
 
 

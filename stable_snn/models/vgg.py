@@ -45,6 +45,7 @@ class SpikingVGG(SpikingNetwork):
             raise ValueError(f"classifier_width must be >= 1, got {classifier_width}")
         self.layers = nn.ModuleList()
         self._synapses: list[tuple[int, list[int]]] = []  # (neuron index, op indices)
+        self.image_size = image_size  # the classifier's input size fixes the image size
         channels, size = in_channels, image_size
         for item in layout:
             if item == "A":

@@ -21,11 +21,15 @@ Layout: ``x`` is ``[Tx, M, C]`` with the channel innermost (a channels-last conv
 ``T`` or 1: a *static* input (the first layer of a directly encoded image, identical at
 every step) is stored once and broadcast over T; its gradient comes back summed over T.
 
-Kernels: the math is written once as plain tensor functions (:func:`lif_forward_math`,
-:func:`lif_backward_math`, :func:`channel_stats`).  ``kernels="eager"`` runs them as they
-are; ``kernels="compiled"`` runs them through ``torch.compile`` (inductor: one C++/OpenMP
-loop nest on CPU, Triton on CUDA), so each sweep reads ``x`` once.  Compilation failures
-raise; nothing falls back silently.
+Kernels: the math is written once as plain tensor functions (:func:`channel_stats`,
+:func:`lif_forward_math`, :func:`lif_backward_scan`, :func:`lif_backward_reduce`).
+``kernels="eager"`` runs them as they are; ``kernels="compiled"`` runs them through
+``torch.compile`` (inductor: C++/OpenMP loops on CPU, Triton on CUDA).  The forward is one
+elementwise sweep with the T steps in registers; the backward is one elementwise sweep (the
+recursion) and a few reductions (BatchNorm, DLIF gains), kept in separate functions so the
+compiler does not fuse per-step reductions into the recursion.  Gradients that the running
+backward does not need (BatchNorm affine and DLIF gains inside an attack's input-gradient
+call) are not computed.  Compilation failures raise; nothing falls back silently.
 """
 from __future__ import annotations
 
@@ -83,15 +87,16 @@ def lif_forward_math(x, alpha, beta, gin, lg, threshold: float, timesteps: int, 
     return torch.stack(out)
 
 
-def lif_backward_math(x, alpha, beta, gin, lg, grad_out, threshold: float, width: float, timesteps: int,
-                      static: bool, pool: bool, bn_mode: str, weight, mean, invstd):
-    """Gradients ``(grad_x, grad_bn_weight, grad_bn_bias, grad_gin, grad_lg)`` of :func:`lif_forward_math`.
+def lif_backward_scan(x, alpha, beta, gin, lg, grad_out, threshold: float, width: float, timesteps: int,
+                      static: bool, pool: bool, need_gin: bool, need_lg: bool):
+    """The surrogate backward recursion (Eq. 18 through Eq. 1), elementwise over ``[*, C]``.
 
-    ``bn_mode``: ``"none"`` (I = x), ``"eval"`` (fixed affine from running statistics) or
-    ``"train"`` (batch statistics ``mean``/``invstd`` of ``x``; the gradient flows through
-    them as in BatchNorm).  With a static ``x`` the gradient is summed over the T steps
-    first; BatchNorm's backward over the T identical copies then reduces to the usual
-    formula over the M distinct values.
+    Recomputes the currents and potentials from ``x``, runs the recursion backwards and
+    returns ``(grad_current, gv_current, gv_reset)``: ``dL/dI`` ``[T, *, C]`` (summed over T
+    to ``[1, *, C]`` for a static input) in the state dtype, and the per-step products
+    ``dL/dv[t] * I[t]`` and ``dL/dv[t] * u[t-1]`` ``[T, *, C]`` whose sums are the gradients
+    of ``gin[t]`` and ``lg[t]`` (None unless asked for).  Purely elementwise, so compiled it
+    is one loop over the elements with the T steps in registers.
     """
     state = _state_dtype(x.dtype)
     currents, pots, resets = [], [], []
@@ -106,7 +111,7 @@ def lif_backward_math(x, alpha, beta, gin, lg, grad_out, threshold: float, width
     inv_w2 = 1.0 / (width * width)
     grad_u = None
     grad_current = [None] * timesteps
-    grad_gin, grad_lg = [None] * timesteps, [None] * timesteps
+    gv_current, gv_reset = [None] * timesteps, [None] * timesteps
     for t in range(timesteps - 1, -1, -1):
         v = pots[t]
         sg = (width - (v - threshold).abs()).clamp_min(0.0) * inv_w2
@@ -117,8 +122,10 @@ def lif_backward_math(x, alpha, beta, gin, lg, grad_out, threshold: float, width
             # dL/dv[t] = dL/ds[t] s'(v) + dL/du[t] ((1 - s) - v s'(v))
             gv = gs * sg + grad_u * ((v < threshold).to(state) - v * sg)
         grad_current[t] = gv * gin[t]
-        grad_gin[t] = (gv * currents[t]).sum()
-        grad_lg[t] = (gv * resets[t]).sum() if resets[t] is not None else (gv * 0.0).sum()
+        if need_gin:
+            gv_current[t] = gv * currents[t]
+        if need_lg:
+            gv_reset[t] = gv * resets[t] if resets[t] is not None else gv * 0.0
         grad_u = gv * lg[t]
     if static:
         g = grad_current[0]
@@ -127,17 +134,33 @@ def lif_backward_math(x, alpha, beta, gin, lg, grad_out, threshold: float, width
         g = g.unsqueeze(0)
     else:
         g = torch.stack(grad_current)
-    grad_gin, grad_lg = torch.stack(grad_gin), torch.stack(grad_lg)
+    return g, torch.stack(gv_current) if need_gin else None, torch.stack(gv_reset) if need_lg else None
+
+
+def lif_backward_reduce(x, g, gv_current, gv_reset, alpha, weight, mean, invstd, bn_mode: str, need_bn: bool):
+    """From :func:`lif_backward_scan`'s outputs: ``(grad_x, grad_bn_weight, grad_bn_bias, grad_gin, grad_lg)``.
+
+    ``bn_mode``: ``"none"`` (I = x), ``"eval"`` (fixed affine from running statistics) or
+    ``"train"`` (batch statistics ``mean``/``invstd`` of ``x``; the gradient flows through
+    them as in BatchNorm).  With a static ``x``, ``g`` is already summed over the T steps and
+    BatchNorm's backward over the T identical copies reduces to the usual formula over the
+    distinct values.
+    """
+    grad_gin = gv_current.sum(tuple(range(1, gv_current.dim()))) if gv_current is not None else None
+    grad_lg = gv_reset.sum(tuple(range(1, gv_reset.dim()))) if gv_reset is not None else None
     if bn_mode == "none":
         return g.to(x.dtype), None, None, grad_gin, grad_lg
-    xhat = (x.to(state) - mean) * invstd
+    dw = db = None
+    if bn_mode == "eval":
+        if need_bn:
+            db = _channel_sum(g)
+            dw = _channel_sum(g * ((x.to(g.dtype) - mean) * invstd))
+        return (g * alpha).to(x.dtype), dw, db, grad_gin, grad_lg
+    xhat = (x.to(g.dtype) - mean) * invstd
     db = _channel_sum(g)
     dw = _channel_sum(g * xhat)
-    if bn_mode == "eval":
-        gx = g * alpha
-    else:
-        n = g.numel() // g.shape[-1]
-        gx = (g - db / n - xhat * (dw / n)) * (weight * invstd)
+    n = g.numel() // g.shape[-1]
+    gx = (g - db / n - xhat * (dw / n)) * (weight * invstd)
     return gx.to(x.dtype), dw, db, grad_gin, grad_lg
 
 
@@ -152,7 +175,8 @@ _COMPILED: dict[str, object] = {}
 
 
 def _kernel(name: str, kernels: str):
-    fn = {"forward": lif_forward_math, "backward": lif_backward_math, "stats": channel_stats}[name]
+    fn = {"forward": lif_forward_math, "scan": lif_backward_scan, "reduce": lif_backward_reduce,
+          "stats": channel_stats}[name]
     if kernels == "eager":
         return fn
     if kernels != "compiled":
@@ -188,6 +212,7 @@ class FusedLIF(torch.autograd.Function):
         alpha, beta = _affine(weight, bias, mean, invstd)
         out = _kernel("forward", kernels)(x, alpha, beta, gin, lg, threshold, timesteps, static, pool)
         ctx.spec = spec
+        ctx.grad_nodes = [t.grad_fn if isinstance(t, torch.Tensor) else None for t in (x, weight, bias, gin, lg)]
         ctx.save_for_backward(x, weight, bias, gin, lg, mean, invstd)
         return out
 
@@ -196,13 +221,33 @@ class FusedLIF(torch.autograd.Function):
         threshold, width, timesteps, static, pool, bn_mode, kernels = ctx.spec
         x, weight, bias, gin, lg, mean, invstd = ctx.saved_tensors
         alpha, beta = _affine(weight, bias, mean, invstd)
-        gx, dw, db, dgin, dlg = _kernel("backward", kernels)(
-            x, alpha, beta, gin, lg, grad_out.contiguous(), threshold, width, timesteps, static, pool,
-            bn_mode, weight, mean, invstd,
-        )
-        if weight is not None:
-            dw, db = dw.to(weight.dtype), db.to(bias.dtype)
-        return gx, dw, db, dgin.to(gin.dtype), dlg.to(lg.dtype), None, None, None
+        need = [_needed(ctx, i) for i in range(5)]
+        need_bn = weight is not None and (need[1] or need[2])
+        g, gv_current, gv_reset = _kernel("scan", kernels)(
+            x, alpha, beta, gin, lg, grad_out.contiguous(), threshold, width, timesteps, static, pool, need[3], need[4])
+        gx, dw, db, dgin, dlg = _kernel("reduce", kernels)(
+            x, g, gv_current, gv_reset, alpha, weight, mean, invstd, bn_mode, need_bn)
+        cast = lambda grad, like: grad.to(like.dtype) if grad is not None else None  # noqa: E731
+        return (gx if need[0] else None, cast(dw, weight), cast(db, bias), cast(dgin, gin), cast(dlg, lg),
+                None, None, None)
+
+
+def _needed(ctx, index: int) -> bool:
+    """Whether this backward pass needs the gradient of input ``index``.
+
+    ``needs_input_grad`` says whether the input requires grad at all; inside an
+    ``autograd.grad`` call that asks for other tensors only (an attack's input gradient),
+    the engine may not run the input's gradient node, and that gradient is skipped.
+    """
+    if not ctx.needs_input_grad[index]:
+        return False
+    node = ctx.grad_nodes[index]
+    if node is None:
+        return True
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except (AttributeError, RuntimeError):  # no such query in this build or outside a backward
+        return True
 
 
 def _affine(weight, bias, mean, invstd):
@@ -220,7 +265,7 @@ def _gains(neuron, timesteps: int, state: torch.dtype, device) -> tuple[torch.Te
     ones = torch.ones(timesteps, dtype=state, device=device)
     if gain is None:
         return ones, lam
-    gain = gain.to(state)
+    gain = gain.to(state).view_as(gain)  # a gradient node of its own (see _needed)
     if neuron.gain_form == "input":
         return gain, lam
     return ones, float(neuron.leak) * gain
@@ -265,7 +310,8 @@ def fused_lif(
         C = x.shape[-1]
         weight = bn.weight if bn.weight is not None else torch.ones(C, dtype=state, device=x.device)
         bias = bn.bias if bn.bias is not None else torch.zeros(C, dtype=state, device=x.device)
-        weight, bias = weight.to(state), bias.to(state)
+        # views give weight/bias a gradient node of their own, which the backward can query
+        weight, bias = weight.to(state).view_as(weight), bias.to(state).view_as(bias)
         if bn.training or not bn.track_running_stats:
             with torch.no_grad():
                 mean, var = _kernel("stats", kernels)(x)
