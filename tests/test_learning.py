@@ -8,17 +8,14 @@ errors above it on 500 images.  Measured: 28.2 % (3 epochs, 97 s of CPU on one t
 runs with other schedules and batch sizes reached 24-32 %, so the margin is kept for
 numerical drift (a different kernel changes the trajectory of spikes).
 
-Data: the offline Parquet copy in ``$STABLE_SNN_CIFAR10_PARQUET``, by default
-``../shared/data/cifar10`` beside the repository; the test is skipped when it is absent.
+Data: the suite's ``cifar10`` fixture (the offline Parquet copy when present, else torchvision's
+download).
 Run it with ``python -m pytest -m slow tests/test_learning.py -s`` to see the accuracy reached.
 """
 from __future__ import annotations
 
 import logging
-import os
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,35 +27,10 @@ from stable_snn.objective import build_optimizer, train_step
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
-
 TRAIN_IMAGES, HELDOUT_IMAGES = 2000, 500
 WIDTH, CLASSIFIER_WIDTH, TIMESTEPS = 0.25, 64, 4
 EPOCHS, BATCH, LR = 3, 32, 0.1
 MIN_ACCURACY = 0.20
-
-
-def cifar10_root() -> Path:
-    root = Path(os.environ.get("STABLE_SNN_CIFAR10_PARQUET", DEFAULT_ROOT))
-    if not ((root / "train.parquet").is_file() and (root / "test.parquet").is_file()):
-        pytest.skip(f"offline CIFAR-10 Parquet copy not found at {root} "
-                    f"(set STABLE_SNN_CIFAR10_PARQUET to a folder with train.parquet and test.parquet)")
-    return root
-
-
-@contextmanager
-def single_thread():
-    """One intra-op thread for the duration of the test (restored afterwards).
-
-    On a CPU shared with other jobs, two OpenMP threads made a training step of this model
-    about 9x more expensive than one (spinning threads waiting for a descheduled peer).
-    """
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 @torch.no_grad()
@@ -72,14 +44,9 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 @pytest.mark.slow
-def test_dlif_adversarial_training_beats_chance(record_property):
-    with single_thread():
-        train_and_check(record_property)
-
-
-def train_and_check(record_property) -> None:
+def test_dlif_adversarial_training_beats_chance(record_property, cifar10):
     start = time.perf_counter()
-    splits = build_splits("cifar10", cifar10_root(), format="parquet", val_size=HELDOUT_IMAGES,
+    splits = build_splits("cifar10", cifar10.root, download=cifar10.download, val_size=HELDOUT_IMAGES,
                           train_subset=TRAIN_IMAGES, test_subset=1, seed=0, augment=False)
     x_train, y_train = stack_dataset(splits.train)
     x_held, y_held = stack_dataset(splits.val)

@@ -8,15 +8,6 @@ import torch
 from tests.attacks.helpers import Trained, seeded_model, train_tiny
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two cores shared by several test processes: one torch thread is the fastest setting here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -22,14 +22,6 @@ from tests.jobs.helpers import job_env, run_job
 TINY_MODEL = {"arch": "vgg5", "timesteps": 2, "width": 0.25, "classifier_width": 64}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def tiny_config(data_root: Path | None = None) -> TrainConfig:
