@@ -125,7 +125,7 @@ def run_epoch(cfg, model, forward, optimizer, loader, perturbation, generator, r
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         stats = train_step(
             model, optimizer, images, labels, cfg.objective, perturbation=perturbation, generator=generator,
-            forward=forward, precision=cfg.optim.precision, reg_generator=reg_generator,
+            forward=forward, precision=cfg.optim.precision, reg_generator=reg_generator, attack_precision="fp32",
         )
         if not stats.finite:
             message = nonfinite_message(cfg.run.name, stats.loss, epoch, step + 1, cfg.run.resolved_storage())
@@ -203,7 +203,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     splits = load_splits(cfg, augment=cfg.data.augment)
     model = build_network(cfg).to(device)
-    forward = ray.train.torch.prepare_model(TwoPass(model))
+    forward = ray.train.torch.prepare_model(TwoPass(model, record_spikes=cfg.objective.regularizer != "ms_mppd"))
     optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.optim.epochs, eta_min=0.0)
     per_worker_batch = cfg.optim.batch_size // max(world, 1)
