@@ -178,7 +178,7 @@ def run_training(
 
     from .checkpointing import load_checkpoint
     from .registry import build_network
-    from .train_loop import _fatal_error, _stop_on_fatal_callback
+    from .train_loop import fatal_error, stop_on_fatal_callback
     from .trainer import best_checkpoint, build_trainer
 
     check_resumable(cfg)
@@ -193,12 +193,12 @@ def run_training(
         log.info("training %s (%s, %s, %s, T=%d) with %d worker(s); MLflow run %s at %s",
                  cfg.run.name, cfg.model.arch, cfg.model.neuron, cfg.objective.mode, cfg.model.timesteps,
                  cfg.run.num_workers, run_id, tracking_uri)
-        trainer = build_trainer(cfg, run_id, tracking_uri, callbacks=[*(callbacks or []), _stop_on_fatal_callback()],
+        trainer = build_trainer(cfg, run_id, tracking_uri, callbacks=[*(callbacks or []), stop_on_fatal_callback()],
                                 inline_validation=inline_validation)
         try:
             result = trainer.fit()
         except Exception as e:
-            fatal = _fatal_error(e)
+            fatal = fatal_error(e)
             if fatal is None:
                 raise
             raise fatal from None  # the worker's own message (epoch and step, or the checkpoint file)

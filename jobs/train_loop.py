@@ -12,7 +12,7 @@ duplicates.
 Failures: a worker that dies is replaced by Ray Train (``run.max_failures``) and the new
 group resumes from the latest registered checkpoint.  A non-finite loss
 (:class:`NonFiniteLossError`, naming epoch and step) or a corrupt checkpoint to resume from
-would recur on every retry: :func:`_stop_on_fatal_callback` makes them stop the run at once.
+would recur on every retry: :func:`stop_on_fatal_callback` makes them stop the run at once.
 Test-only switches: ``run.fail_at_epoch`` (rank 0 dies once in the middle of that epoch) and
 ``run.nan_at_epoch`` (the loss becomes NaN in the middle of that epoch).
 """
@@ -69,7 +69,7 @@ def _record_nonfinite(cfg: TrainConfig, message: str, epoch: int, step: int, los
         log.warning("could not record the non-finite loss in the run's storage folder: %s", e)
 
 
-def _fatal_error(error: BaseException) -> BaseException | None:
+def fatal_error(error: BaseException) -> BaseException | None:
     """The deterministic failure behind ``error``, if any: retrying would only repeat it."""
     from .checkpointing import CheckpointError
 
@@ -82,7 +82,7 @@ def _fatal_error(error: BaseException) -> BaseException | None:
     return None
 
 
-def _stop_on_fatal_callback():
+def stop_on_fatal_callback():
     """A Ray Train callback (it runs in the controller) that turns a worker's non-finite loss or corrupt
     checkpoint into a non-retryable controller error: ``FailureConfig.max_failures`` retries every
     worker error, and these would recur on every retry."""
@@ -91,7 +91,7 @@ def _stop_on_fatal_callback():
     class StopOnFatalError(ray.train.UserCallback):
         def after_exception(self, run_context, worker_exceptions):
             for rank in sorted(worker_exceptions):
-                fatal = _fatal_error(worker_exceptions[rank])
+                fatal = fatal_error(worker_exceptions[rank])
                 if fatal is not None:
                     raise type(fatal)(f"{fatal} (worker rank {rank})")
 
