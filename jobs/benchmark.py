@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from stable_snn.attacks import PGD
 from stable_snn.config import ObjectiveConfig
 from stable_snn.models import build_model
-from stable_snn.objective import perturb, train_step
+from stable_snn.objective import build_optimizer, perturb, train_step
 from stable_snn.reference import reference_forward, reference_pgd, reference_train_step
 
 from .logs import setup_logging
@@ -196,10 +196,9 @@ def build(args, device: torch.device):
 def train_paths(args, device, reference_model, fast_model, images, labels):
     cfg = ObjectiveConfig(mode=args.mode, rho=args.rho, chi=args.chi)
 
-    def optimizer(m):
-        return torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-
-    opt_fast, opt_ref = optimizer(fast_model), optimizer(reference_model)
+    # the fast path's optimizer is the library's (fused SGD); the reference's the authors' plain SGD
+    opt_fast = build_optimizer(fast_model, 0.1, 0.9, 5e-4)
+    opt_ref = torch.optim.SGD(reference_model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     gen_fast = torch.Generator(device=device).manual_seed(args.seed + 2)
     gen_ref = torch.Generator(device=device).manual_seed(args.seed + 2)
     losses = {}
