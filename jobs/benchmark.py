@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rho", type=float, default=1.0)
     p.add_argument("--chi", type=float, default=0.5)
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"], help="fast path precision")
+    p.add_argument("--attack-precision", default=None, choices=["fp32", "bf16"],
+                   help="training RFGSM's input-gradient precision (default: train_step's, bf16 with --precision bf16)")
     p.add_argument("--kernels", default="compiled", choices=["eager", "compiled"], help="fast path neuron kernels")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--eval", action="store_true", help="benchmark PGD-10 evaluation instead of the training step")
@@ -204,7 +206,8 @@ def train_paths(args, device, reference_model, fast_model, images, labels):
     losses = {}
 
     def fast():
-        stats = train_step(fast_model, opt_fast, images, labels, cfg, generator=gen_fast, precision=args.precision)
+        stats = train_step(fast_model, opt_fast, images, labels, cfg, generator=gen_fast, precision=args.precision,
+                           attack_precision=args.attack_precision)
         losses.setdefault("fast", stats.loss)
 
     def reference():
@@ -270,6 +273,7 @@ def run(args) -> dict:
         "mode": None if args.eval else args.mode, "rho": None if args.eval else args.rho,
         "chi": None if args.eval else args.chi, "pgd_steps": args.pgd_steps if args.eval else None,
         "device": args.device, "threads": torch.get_num_threads(), "precision": args.precision,
+        "attack_precision": None if args.eval else (args.attack_precision or ("bf16" if args.precision == "bf16" else "fp32")),
         "kernels": args.kernels, "steps": args.steps, "warmup": args.warmup,
         "paths": {"fast": "stable_snn.objective.train_step" if not args.eval else "stable_snn.attacks.PGD",
                   "reference": "stable_snn.reference"},

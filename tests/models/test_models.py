@@ -124,8 +124,16 @@ def test_input_gradient_nonzero_in_eval_mode(name, neuron):
 @pytest.mark.parametrize("shape", [(3, 32, 32), (B, 1, 32, 32), (T, B, 3, 32, 32)])
 def test_wrong_input_shape_raises(name, neuron, shape):
     model = tiny(name, neuron)
-    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+    with pytest.raises(ValueError, match=r"\[B, 3, (H, W|32, 32)\]"):
         model(torch.rand(shape))
+
+
+@pytest.mark.parametrize("name", ["vgg5", "vgg11"])
+def test_vgg_refuses_another_image_size(name):
+    """The classifier's input size fixes the image size: a 16x16 image is refused up front."""
+    model = tiny(name, "dlif")
+    with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\], got \(2, 3, 16, 16\)"):
+        model(torch.rand(2, 3, 16, 16))
 
 
 @pytest.mark.parametrize("name", list_models())
