@@ -1,6 +1,6 @@
 """Does reduced precision change what training learns?  Train the same model twice, compare accuracy.
 
-    python -m jobs.precision_check --data-root DIR [--precisions fp32 bf16] [--json]
+    python -m jobs.precision_check --data-root DIR [--download] [--precisions fp32 bf16] [--epochs N] [--json]
 
 Trains a small VGG5 (the ``quick`` preset's shape: width 0.25, classifier 256, DLIF, T=4,
 mode ``at`` with rho = 1, chi = 0.5) on a class-balanced subset of CIFAR-10 for a few epochs,
@@ -36,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jobs.precision_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=None, help="CIFAR-10 location (default $STABLE_SNN_DATA_ROOT or ./data)")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 through torchvision if absent")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     p.add_argument("--train-images", type=int, default=4096)
     p.add_argument("--eval-images", type=int, default=500)
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(logging.WARNING if args.json else logging.INFO)
     root = args.data_root or os.environ.get("STABLE_SNN_DATA_ROOT") or "data"
-    splits = build_splits("cifar10", root, val_size=args.eval_images, train_subset=args.train_images,
+    splits = build_splits("cifar10", root, download=args.download, val_size=args.eval_images, train_subset=args.train_images,
                           test_subset=1, seed=args.seed, augment=True)
     results = [train_one(args, p, splits) for p in args.precisions]
     out = {"runs": results, "config": vars(args)}

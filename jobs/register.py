@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def choose_checkpoint(client, run_id: str, cfg: TrainConfig, tracking_uri: str, epoch: int | None) -> tuple[int, str, dict]:
     """``(epoch, path, {val_clean_acc, val_robust_acc})`` of the checkpoint to register."""
     from .checkpointing import CheckpointError, list_checkpoints, verify_checkpoint_at
+    from .train import validation_history
 
     storage, name = cfg.run.resolved_storage(), cfg.run.name
     found = list_checkpoints(storage, name)
@@ -67,20 +68,12 @@ def choose_checkpoint(client, run_id: str, cfg: TrainConfig, tracking_uri: str, 
             log.warning("skipping epoch %d: %s", e, err)
     if not valid:
         raise NothingToRegisterError(f"run {name!r}: none of its checkpoints is valid (epochs {', '.join(map(str, found))})")
-    scores = _validation_metrics(client, run_id)
+    scores = validation_history(client, run_id)
     for e, path in valid.items():
         if "val_robust_acc" not in scores.get(e, {}):
             scores[e] = _validate(path, e, run_id, tracking_uri)
     best = max(valid, key=lambda e: (scores[e]["val_robust_acc"], scores[e].get("val_clean_acc", 0.0), e))
     return best, valid[best], {k: scores[best].get(k) for k in ("val_clean_acc", "val_robust_acc")}
-
-
-def _validation_metrics(client, run_id: str) -> dict[int, dict[str, float]]:
-    out: dict[int, dict[str, float]] = {}
-    for key in ("val_clean_acc", "val_robust_acc"):
-        for m in client.get_metric_history(run_id, key):
-            out.setdefault(int(m.step), {})[key] = m.value
-    return out
 
 
 def _validate(path: str, epoch: int, run_id: str, tracking_uri: str) -> dict[str, float]:

@@ -386,30 +386,20 @@ def main(argv=None) -> int:
     from .checkpointing import CheckpointError
     from .train_loop import NonFiniteLossError
 
+    # Expected failures end the job with one line and an exit code (2 bad input or state,
+    # 3 tracking server, 4 diverged training); anything else keeps its traceback.
+    exit_codes = ((TrackingUnavailableError, 3), (NonFiniteLossError, 4),
+                  ((ConfigError, CheckpointError, RunInUseError), 2))
     try:
         check_resumable(cfg)  # before Ray starts: a relaunch that can only fail again is refused here
         tracking_uri, client = connect(cfg)
-    except TrackingUnavailableError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
-
-    try:
         outcome = run_training(cfg, client, tracking_uri, register=not args.no_register, alias=args.alias)
-    except (ConfigError, CheckpointError, RunInUseError) as e:
+    except Exception as e:
+        code = next((c for kinds, c in exit_codes if isinstance(e, kinds)), None)
+        if code is None:
+            raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrackingUnavailableError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
+        return code
     if outcome.version is not None:
         print(f"registered model: models:/{outcome.version.name}@{args.alias} (version {outcome.version.version})")
     print(f"MLflow run: {outcome.run_id} ({cfg.run.experiment}/{cfg.run.name}) at {tracking_uri}")
