@@ -27,7 +27,7 @@ PYTEST_ARGS    ?=
 
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: help venv test test-fast demo stop stack-up stack-status benchmark figures clean
+.PHONY: help venv test test-fast demo stop stack-up stack-status benchmark benchmark-gpu figures clean
 
 help:
 	@echo "make demo       local Ray head + MLflow server, quick training job, registration, attack evaluation"
@@ -35,6 +35,7 @@ help:
 	@echo "make test-fast  unit tests only (-m 'not slow')"
 	@echo "make stop       stop the local Ray head and MLflow server"
 	@echo "make benchmark  fast vs reference training step (VGG5, T=8, batch 32)"
+	@echo "make benchmark-gpu  the same on CUDA for VGG11, T=8, batch 64, training step then PGD-10"
 
 $(STAMP): pyproject.toml
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -79,6 +80,12 @@ demo: stack-up
 
 benchmark: $(STAMP)
 	$(PY) -m jobs.benchmark --arch vgg5 --timesteps 8 --batch-size 32 --mode at --rho 1.0
+
+benchmark-gpu: $(STAMP)
+	$(PY) -m jobs.benchmark --arch vgg11 --timesteps 8 --batch-size 64 --mode at --rho 1.0 --device cuda \
+		--precision bf16 --kernels compiled --steps 10 --warmup 3 --peaks
+	$(PY) -m jobs.benchmark --arch vgg11 --timesteps 8 --batch-size 64 --eval --device cuda \
+		--precision bf16 --kernels compiled --steps 5 --warmup 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

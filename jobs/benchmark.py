@@ -64,8 +64,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peaks", action="store_true", help="measure fp32/bf16 matmul peaks in this run")
     p.add_argument("--profile", action="store_true", help="profile one fast step: where the time goes")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory steps")
+    p.add_argument("--epoch-images", type=int, default=None,
+                   help="images in the pass whose time is estimated (default: 50000, a CIFAR-10 training epoch; "
+                        "with --eval 10000, its test set)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name, minimum in (("steps", 1), ("warmup", 0), ("batch_size", 1), ("timesteps", 1), ("pgd_steps", 1),
+                          ("classifier_width", 1), ("epoch_images", 1)):
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            p.error(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+    if args.width <= 0:
+        p.error(f"--width must be > 0, got {args.width}")
+    if args.eval and args.precision == "fp16":
+        p.error("--eval supports --precision fp32 or bf16 (fp16 attack gradients can underflow)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch here (torch.cuda.is_available() is False); "
+                "use --device cpu")
+    if args.epoch_images is None:
+        args.epoch_images = 10000 if args.eval else 50000
+    return args
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -243,8 +261,6 @@ def run(args) -> dict:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.eval and args.precision == "fp16":
-        raise SystemExit("--eval supports --precision fp32 or bf16 (fp16 attack gradients can underflow)")
     reference_model, fast_model, images, labels = build(args, device)
     # BatchNorm statistics of a trained-like model for the eval benchmark: one pass on the batch
     if args.eval:
@@ -281,6 +297,8 @@ def run(args) -> dict:
         "fast_step_times_s": times["fast"], "reference_step_times_s": times["reference"],
         "fast_images_per_s": B / fast_s, "reference_images_per_s": B / ref_s,
         "speedup": ref_s / fast_s,
+        "epoch_images": args.epoch_images,
+        "fast_epoch_min": args.epoch_images * fast_s / B / 60, "reference_epoch_min": args.epoch_images * ref_s / B / 60,
     }
     if args.eval:
         out["fast_adv_correct"], out["reference_adv_correct"] = first.get("fast"), first.get("reference")
@@ -318,6 +336,8 @@ def report(out: dict) -> str:
         f"  fast:      {out['fast_step_s']:.3f} s/step  {out['fast_images_per_s']:.1f} images/s",
         f"  reference: {out['reference_step_s']:.3f} s/step  {out['reference_images_per_s']:.1f} images/s",
         f"  speedup:   {out['speedup']:.2f}x",
+        f"  estimated pass over {out['epoch_images']} images: fast {out['fast_epoch_min']:.1f} min, "
+        f"reference {out['reference_epoch_min']:.1f} min",
     ]
     if "fast_peak_mb" in out:
         lines.append(f"  peak memory: fast {out['fast_peak_mb']:.0f} MiB, reference {out['reference_peak_mb']:.0f} MiB "
