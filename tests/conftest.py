@@ -48,3 +48,13 @@ def cifar10() -> Cifar10Source:
 
 
 pytest_plugins = ["tests.fixtures_services"]
+
+
+@pytest.fixture
+def all_torch_threads():
+    """For the few tests that train for minutes: every core for torch while they run (the suite's
+    other tests keep one thread)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield torch.get_num_threads()
+    torch.set_num_threads(saved)

@@ -2,6 +2,8 @@
 (see :mod:`tests.attacks.helpers` for its recipe), trained once per session."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -24,7 +26,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="session")
 def trained(cifar10) -> Trained:
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(os.cpu_count() or 1)  # minutes of training: every core
     try:
         return train_tiny(cifar10)
     finally:

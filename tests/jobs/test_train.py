@@ -86,34 +86,3 @@ def test_quick_preset_submitted_with_ray_job_submit(tmp_path, mlflow_server, ray
     mlflow.set_tracking_uri(mlflow_server.address)
     pyfunc = mlflow.pyfunc.load_model("models:/test-quick@candidate")
     np.testing.assert_allclose(pyfunc.predict(x.numpy()), expected.numpy(), atol=1e-6)
-
-
-def test_worker_failure_resumes_from_checkpoint_into_same_run(tmp_path, mlflow_server, ray_head, cifar10):
-    """A worker crash in the middle of epoch 2 (test-only switch): the run finishes from the epoch-1
-    checkpoint, not from scratch, logging into the same MLflow run with no gaps or duplicates."""
-    name = "quick-resume"
-    env = job_env(mlflow_server.address, tmp_path / "storage", cifar10.root, ray_address=ray_head.gcs_address)
-    args = [
-        "--config", str(QUICK), "--set", f"run.name={name}", "--set", "optim.epochs=2", "--set", "run.fail_at_epoch=2",
-        "--set", "run.max_failures=1", "--set", "run.registered_model=test-resume", *TINY, *cifar10.overrides()[2:],
-    ]
-    out = run_job("jobs.train", args, env)
-    log = out.stdout + out.stderr
-    (tmp_path / "job.log").write_text(log)
-    assert out.returncode == 0, log[-6000:]
-    assert "run.fail_at_epoch=2: killing this worker" in log
-    # the restarted workers went on from the epoch-1 checkpoint instead of starting again
-    from jobs.checkpointing import load_checkpoint
-
-    state, _ = load_checkpoint(tmp_path / "storage" / name / "checkpoint_epoch_0002")
-    assert state["resumes"] == [1]
-    assert [h["epoch"] for h in state["history"]] == [1, 2]
-
-    client = _client(mlflow_server.address)
-    runs = _run_by_name(client, name)
-    assert len(runs) == 1
-    run_id = runs[0].info.run_id
-    for key in ("train_loss", "val_robust_acc"):
-        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2], key
-    versions = client.search_model_versions("name='test-resume'")
-    assert len(versions) == 1
