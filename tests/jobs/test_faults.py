@@ -339,10 +339,15 @@ def test_tune_trial_worker_loss_resumes_and_search_completes(tmp_path, mlflow_se
     resumes from its epoch-1 checkpoint, and the search completes with one child run per trial whose
     epochs are logged once."""
     space = tmp_path / "fault-grid.yaml"
-    space.write_text(yaml.safe_dump({"name": "fault-grid", "search": "grid", "params": {"objective.rho": {"grid": [0.0, 1.0]}}}))
+    # both trials at once (one CPU each: driver, one worker, validation), so that their failures and
+    # resumptions overlap in time and share the storage path
+    space.write_text(yaml.safe_dump({"name": "fault-grid", "search": "grid", "max_concurrent_trials": 2,
+                                     "params": {"objective.rho": {"grid": [0.0, 1.0]}}}))
     storage = tmp_path / "storage"
     env = job_env(mlflow_server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
     args = ["--space", str(space), "--config", str(QUICK), "--name", "fault-grid", "--no-register", *TINY,
+            "--trial-cpus", "0.25", "--set", "run.num_workers=1", "--set", "run.cpus_per_worker=0.5",
+            "--set", "validation.cpus=0.25",
             "--set", "optim.epochs=2", "--set", "run.fail_at_epoch=2", "--set", "run.max_failures=1",
             *cifar10.overrides()[2:]]
     out = subprocess.run([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, capture_output=True, text=True,
@@ -351,6 +356,7 @@ def test_tune_trial_worker_loss_resumes_and_search_completes(tmp_path, mlflow_se
     (tmp_path / "tune.log").write_text(log)
     assert out.returncode == 0, log[-6000:]
     assert log.count("run.fail_at_epoch=2: killing this worker") == 2
+    assert "Trial status: 2 RUNNING" in log  # Tune's progress table: the two trials ran side by side
 
     client = _client(mlflow_server.address)
     parent = _runs_named(client, "fault-grid")
