@@ -94,7 +94,11 @@ def test_rho_grid_interrupted_and_resumed(tmp_path, mlflow_server, ray_head, cif
     from mlflow import MlflowClient
 
     env = job_env(mlflow_server.address, tmp_path / "storage", cifar10.root, ray_address=ray_head.gcs_address)
-    args = ["--space", "tune_spaces/rho-grid.yaml", "--config", str(QUICK), "--name", "grid-test", *TRIAL, *cifar10.overrides()[2:]]
+    # the shipped grid, two trials at a time (one CPU each: driver, one worker, validation)
+    space = yaml.safe_load((REPO / "tune_spaces" / "rho-grid.yaml").read_text()) | {"max_concurrent_trials": 2}
+    (tmp_path / "rho-grid.yaml").write_text(yaml.safe_dump(space))
+    args = ["--space", str(tmp_path / "rho-grid.yaml"), "--config", str(QUICK), "--name", "grid-test", *TRIAL,
+            "--trial-cpus", "0.25", "--set", "validation.cpus=0.25", *cifar10.overrides()[2:]]
     client = MlflowClient(mlflow_server.address)
     proc = subprocess.Popen([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
