@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests.threads import torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,10 +17,8 @@ def one_torch_thread():
     """One intra-op thread in the test process: the tiny test models gain nothing from more, and on
     a loaded 2-core machine spinning OpenMP threads made them many times slower. Ray workers and
     job subprocesses choose their own."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+    with torch_threads(1):
+        yield
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,5 @@ pytest_plugins = ["tests.fixtures_services"]
 def all_torch_threads():
     """For the few tests that train for minutes: every core for torch while they run (the suite's
     other tests keep one thread)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    yield torch.get_num_threads()
-    torch.set_num_threads(saved)
+    with torch_threads(os.cpu_count() or 1) as n:
+        yield n

@@ -72,6 +72,8 @@ class SpikingNetwork(nn.Module):
       ``kernels="eager"`` (plain PyTorch) or ``"compiled"`` (``torch.compile``).
     """
 
+    image_size: int | None = None  # the one input size an architecture accepts, if it fixes one
+
     def __init__(self, timesteps: int, in_channels: int = 3, mean=CIFAR10_MEAN, std=CIFAR10_STD,
                  kernels: str = "eager") -> None:
         super().__init__()
@@ -108,7 +110,7 @@ class SpikingNetwork(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``[B, C, H, W]`` images in [0, 1] with the dataset's mean and std."""
-        size = getattr(self, "image_size", None)
+        size = self.image_size
         if x.dim() != 4 or x.shape[1] != self.in_channels or (size is not None and tuple(x.shape[2:]) != (size, size)):
             hw = f"{size}, {size}" if size is not None else "H, W"
             raise ValueError(

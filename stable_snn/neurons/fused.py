@@ -151,14 +151,12 @@ def lif_backward_reduce(x, g, gv_current, gv_reset, alpha, weight, mean, invstd,
     if bn_mode == "none":
         return g.to(x.dtype), None, None, grad_gin, grad_lg
     dw = db = None
+    if need_bn or bn_mode == "train":  # train mode: the input gradient needs them too
+        xhat = (x.to(g.dtype) - mean) * invstd
+        db = _channel_sum(g)
+        dw = _channel_sum(g * xhat)
     if bn_mode == "eval":
-        if need_bn:
-            db = _channel_sum(g)
-            dw = _channel_sum(g * ((x.to(g.dtype) - mean) * invstd))
         return (g * alpha).to(x.dtype), dw, db, grad_gin, grad_lg
-    xhat = (x.to(g.dtype) - mean) * invstd
-    db = _channel_sum(g)
-    dw = _channel_sum(g * xhat)
     n = g.numel() // g.shape[-1]
     gx = (g - db / n - xhat * (dw / n)) * (weight * invstd)
     return gx.to(x.dtype), dw, db, grad_gin, grad_lg

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from tests.attacks.helpers import Trained, seeded_model, train_tiny
-
-
+from tests.threads import torch_threads
 
 
 @pytest.fixture
@@ -25,9 +24,5 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def trained(cifar10) -> Trained:
-    before = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)  # minutes of training: every core
-    try:
+    with torch_threads(os.cpu_count() or 1):  # minutes of training: every core
         return train_tiny(cifar10)
-    finally:
-        torch.set_num_threads(before)

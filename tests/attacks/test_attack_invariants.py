@@ -14,7 +14,6 @@ N = 64
 
 @pytest.fixture(scope="module")
 def table1(trained):
-    torch.set_num_threads(1)
     return evaluate_protocol(trained.model, trained.images[:N], trained.labels[:N], "paper-table1", batch_size=32,
                              generator_seed=0)
 

@@ -22,8 +22,6 @@ from tests.jobs.helpers import job_env, run_job
 TINY_MODEL = {"arch": "vgg5", "timesteps": 2, "width": 0.25, "classifier_width": 64}
 
 
-
-
 def tiny_config(data_root: Path | None = None) -> TrainConfig:
     data = {"dataset": "cifar10"} | ({"root": str(data_root)} if data_root else {})
     return config_from_dict({"model": TINY_MODEL, "data": data, "run": {"experiment": "stable-snn-eval-test"}})

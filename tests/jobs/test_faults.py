@@ -185,40 +185,64 @@ def test_driver_killed_and_relaunched_continues_same_run(tmp_path, mlflow_server
     assert len(client.search_model_versions("name='test-fault-driver'")) == 1
 
 
-def test_relaunch_waits_for_a_live_previous_driver_then_refuses(tmp_path, monkeypatch):
-    """The guard behind the relaunch: while the previous driver's Ray Train controller and workers are
-    alive on the same cluster (a driver still running, or one whose actors Ray has not stopped yet), a
-    relaunch waits, then refuses naming the job; once they are gone it takes the run over. (Ray stops
-    a killed driver's actors within a second here, see the test above; the live case is simulated.)"""
-    from types import SimpleNamespace
+# A driver of run "busy" on the test cluster: it claims the run (driver.json), and with "hold" it
+# then keeps an actor named like a Ray Train worker alive until it is killed.
+_DRIVER = """
+import sys, time
+import ray
+from jobs import train
+from stable_snn.config import load_config
 
-    import ray
-    import ray.util.state
-
-    from jobs import train
-    from stable_snn.config import load_config
-
-    cfg = load_config(QUICK, [f"run.storage_path={tmp_path}", "run.name=busy"])
-    (tmp_path / "busy").mkdir()
-    (tmp_path / "busy" / "driver.json").write_text(json.dumps({"session": "s1", "job_id": "01000000", "pid": 4321, "host": "h"}))
-    context = SimpleNamespace(gcs_address="127.0.0.1:1", get_session_name=lambda: "s1", get_job_id=lambda: "02000000")
-    monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
-    alive = [SimpleNamespace(class_name="TrainController"), SimpleNamespace(class_name="RayTrainWorker"),
-             SimpleNamespace(class_name="PlacementGroupCleaner")]
-    queries = []
-    monkeypatch.setattr(ray.util.state, "list_actors", lambda **kw: queries.append(kw) or list(alive))
-    monkeypatch.setattr(train, "PREVIOUS_DRIVER_WAIT_S", 0.5)
-    with pytest.raises(train.RunInUseError) as e:
-        train.claim_run(cfg)
-    assert "run.name='busy' is still being trained by Ray job 01000000 (driver pid 4321 on h)" in str(e.value)
-    assert "2 of its Ray Train actors (RayTrainWorker, TrainController)" in str(e.value)
-    assert queries[0]["address"] == "127.0.0.1:1"
-    assert queries[0]["filters"] == [("job_id", "=", "01000000"), ("state", "!=", "DEAD")]
-    assert json.loads((tmp_path / "busy" / "driver.json").read_text())["job_id"] == "01000000"
-
-    alive[:2] = []  # the previous driver's controller and workers are gone (the cleaner is detached)
+ray.init(address=sys.argv[1])
+cfg = load_config(sys.argv[2], [f"run.storage_path={sys.argv[3]}", "run.name=busy"])
+try:
     train.claim_run(cfg)
-    assert json.loads((tmp_path / "busy" / "driver.json").read_text())["job_id"] == "02000000"
+except train.RunInUseError as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+
+@ray.remote(num_cpus=0)
+class RayTrainWorker:
+    def ping(self):
+        return 1
+
+if sys.argv[4] == "hold":
+    worker = RayTrainWorker.remote()
+    ray.get(worker.ping.remote())
+    print("holding", ray.get_runtime_context().get_job_id(), flush=True)
+    time.sleep(3600)
+"""
+
+
+@pytest.mark.slow
+def test_relaunch_waits_for_a_live_previous_driver_then_refuses(tmp_path, ray_head):
+    """The guard behind the relaunch: while the previous driver of a run and its Ray Train actors are
+    alive on the same cluster, a relaunch waits, then refuses naming the job; once the previous
+    driver is gone (killed: Ray stops its actors), the relaunch takes the run over."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "STABLE_SNN_PREVIOUS_DRIVER_WAIT_S": "3", "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-c", _DRIVER, ray_head.gcs_address, str(QUICK), str(tmp_path)]
+    first = subprocess.Popen([*argv, "hold"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+    try:
+        line = first.stdout.readline()
+        while line and not line.startswith("holding"):
+            line = first.stdout.readline()
+        assert line.startswith("holding"), "the first driver did not start its actor"
+        first_job = line.split()[1]
+        assert json.loads((tmp_path / "busy" / "driver.json").read_text())["job_id"] == first_job
+
+        refused = subprocess.run([*argv, "claim"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"run.name='busy' is still being trained by Ray job {first_job} (driver pid {first.pid}" in refused.stderr
+        assert "1 of its Ray Train actors (RayTrainWorker) are alive after 3 s" in refused.stderr
+        assert json.loads((tmp_path / "busy" / "driver.json").read_text())["job_id"] == first_job  # untouched
+    finally:
+        _kill_group(first)
+
+    taken = subprocess.run([*argv, "claim"], cwd=REPO, env={**env, "STABLE_SNN_PREVIOUS_DRIVER_WAIT_S": "60"},
+                           capture_output=True, text=True, timeout=300)
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    assert json.loads((tmp_path / "busy" / "driver.json").read_text())["job_id"] not in ("", first_job)
 
 
 # -- 3. the MLflow server unreachable ------------------------------------------------------------
