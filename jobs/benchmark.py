@@ -209,7 +209,7 @@ def build(args, device: torch.device):
     images = torch.rand(args.batch_size, 3, 32, 32, generator=g).to(device)
     labels = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
     fast = copy.deepcopy(model)
-    fast.kernels = args.kernels
+    fast.backend = args.kernels
     return model, fast, images, labels
 
 
@@ -310,7 +310,7 @@ def run(args) -> dict:
         out["memory_ratio"] = out["fast_peak_mb"] / out["reference_peak_mb"]
     # FLOPs counted on eager copies (compiled kernels hold no matmuls; the matmul FLOPs are the same)
     counting = copy.deepcopy(fast_model)
-    counting.kernels = "eager"
+    counting.backend = "eager"
     count_fast, count_ref, _ = make(args, device, copy.deepcopy(reference_model), counting, images, labels)
     out["fast_gflop_per_step"] = count_flops(count_fast) / 1e9
     out["reference_gflop_per_step"] = count_flops(count_ref) / 1e9

@@ -68,7 +68,7 @@ def accuracy(model, images, labels, batch_size: int, attack=None, seed: int = 0)
 def train_one(args, precision: str, splits) -> dict:
     torch.manual_seed(args.seed)  # the job's seed: the same initial weights for every precision
     model = build_model("vgg5", splits.num_classes, args.timesteps, "dlif", width=args.width,
-                        classifier_width=args.classifier_width, kernels=args.kernels)
+                        classifier_width=args.classifier_width, backend=args.kernels)
     cfg = ObjectiveConfig(mode="at", rho=1.0, chi=0.5)
     opt = build_optimizer(model, args.lr, 0.9, 5e-4)
     steps_per_epoch = len(splits.train) // args.batch_size

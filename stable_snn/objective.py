@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,16 +28,24 @@ from torch import nn
 
 from .attacks import RFGSM, Attack, GaussianNoise, eval_mode, project
 from .config import ObjectiveConfig
-from .models import SNNOutput, SpikingNetwork
+from .models import Features, SpikingNetwork
 from .perturbation import ms_mppd, std, tasad
 from .regularizers import snn_rat_step
+
+
+class PassOutput(NamedTuple):
+    """One forward pass of the objective: logits ``[T, B, classes]`` and the :class:`Features` behind them."""
+
+    logits: torch.Tensor
+    features: Features
 
 
 class TwoPass(nn.Module):
     """Clean and perturbed forward passes of one model, with internals: ``(clean, perturbed)``.
 
-    ``record_spikes=False`` leaves ``SNNOutput.spikes`` empty: MS-MPPD needs only the last
-    layer's input current, and not recording lets the fast path fuse pooling into the neurons.
+    Each pass is ``model.forward_features`` then ``model.forward_head``, inside this one
+    module call (a DDP wrapper sees one forward per backward).  ``record_spikes=False`` leaves
+    ``features.spikes`` empty: MS-MPPD needs only the last layer's input current.
     """
 
     def __init__(self, model: SpikingNetwork, record_spikes: bool = True) -> None:
@@ -44,10 +53,12 @@ class TwoPass(nn.Module):
         self.model = model
         self.record_spikes = record_spikes
 
-    def forward(self, x: torch.Tensor, x_pert: torch.Tensor | None = None) -> tuple[SNNOutput, SNNOutput | None]:
-        clean = self.model(x, return_internals=True, record_spikes=self.record_spikes)
-        pert = self.model(x_pert, return_internals=True, record_spikes=self.record_spikes) if x_pert is not None else None
-        return clean, pert
+    def _pass(self, x: torch.Tensor) -> PassOutput:
+        features = self.model.forward_features(x, record_spikes=self.record_spikes)
+        return PassOutput(self.model.forward_head(features), features)
+
+    def forward(self, x: torch.Tensor, x_pert: torch.Tensor | None = None) -> tuple[PassOutput, PassOutput | None]:
+        return self._pass(x), (self._pass(x_pert) if x_pert is not None else None)
 
 
 def build_perturbation(cfg: ObjectiveConfig) -> Attack | None:
@@ -59,14 +70,16 @@ def build_perturbation(cfg: ObjectiveConfig) -> Attack | None:
     return RFGSM(step=cfg.rfgsm_step, init_std=cfg.rfgsm_init_std)
 
 
-def stability_term(model: SpikingNetwork, clean: SNNOutput, pert: SNNOutput, cfg: ObjectiveConfig) -> torch.Tensor:
+def stability_term(model: SpikingNetwork, clean: PassOutput, pert: PassOutput, cfg: ObjectiveConfig) -> torch.Tensor:
     """The regulariser R of Eq. 17 on the last spiking layer (MS-MPPD, TASAD or STD)."""
     if cfg.regularizer == "ms_mppd":
         last = model.spiking_layers()[-1]
-        delta = clean.last_current.detach().float() - pert.last_current.float()
+        delta = clean.features.last_current.detach().float() - pert.features.last_current.float()
         return ms_mppd(last.perturbation_dynamics(delta), cfg.reduction)
+    if not clean.features.spikes or not pert.features.spikes:
+        raise ValueError(f"regularizer {cfg.regularizer!r} needs the spikes: run the passes with record_spikes=True")
     distance = tasad if cfg.regularizer == "tasad" else std
-    return distance(clean.spikes[-1].detach(), pert.spikes[-1])
+    return distance(clean.features.spikes[-1].detach(), pert.features.spikes[-1])
 
 
 @dataclass
@@ -80,7 +93,8 @@ class LossTerms:
     logits_pert: torch.Tensor | None
 
 
-def stable_loss(model: SpikingNetwork, clean: SNNOutput, pert: SNNOutput | None, labels: torch.Tensor, cfg: ObjectiveConfig) -> LossTerms:
+def stable_loss(model: SpikingNetwork, clean: PassOutput, pert: PassOutput | None, labels: torch.Tensor,
+                cfg: ObjectiveConfig) -> LossTerms:
     """Eqs. 16-17 from the two passes' outputs."""
     logits_clean = clean.logits.float().mean(0)
     ce_clean = F.cross_entropy(logits_clean, labels)
@@ -193,19 +207,22 @@ def train_step(
             optimizer.step()
         if cfg.mode == "at_reg":
             snn_rat_step(model, cfg.beta, reg_generator, cfg.reg_row_fraction, cfg.reg_row_min_outputs)
-    with torch.no_grad():
-        correct_clean = int((terms.logits_clean.argmax(1) == labels).sum())
-        correct_pert = int((terms.logits_pert.argmax(1) == labels).sum()) if terms.logits_pert is not None else None
+    return step_stats(terms, labels, finite)
+
+
+@torch.no_grad()
+def step_stats(terms: LossTerms, labels: torch.Tensor, finite: bool) -> StepStats:
+    """The detached numbers of one step's loss terms."""
+    def value(t: torch.Tensor | None) -> float | None:
+        return float(t.detach()) if t is not None else None
+
+    def correct(logits: torch.Tensor | None) -> int | None:
+        return int((logits.argmax(1) == labels).sum()) if logits is not None else None
+
     return StepStats(
-        loss=float(terms.total.detach()),
-        task_loss=float(terms.task.detach()),
-        ce_clean=float(terms.ce_clean.detach()),
-        ce_pert=float(terms.ce_pert.detach()) if terms.ce_pert is not None else None,
-        stability=float(terms.stability.detach()) if terms.stability is not None else None,
-        correct_clean=correct_clean,
-        correct_pert=correct_pert,
-        batch=int(labels.shape[0]),
-        finite=finite,
+        loss=value(terms.total), task_loss=value(terms.task), ce_clean=value(terms.ce_clean),
+        ce_pert=value(terms.ce_pert), stability=value(terms.stability), correct_clean=correct(terms.logits_clean),
+        correct_pert=correct(terms.logits_pert), batch=int(labels.shape[0]), finite=finite,
     )
 
 

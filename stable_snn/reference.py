@@ -5,19 +5,21 @@ deliberately naive and must not be optimised:
 
 * direct encoding as a real copy ``[T, B, C, H, W]``; every stateless layer runs on a
   ``[T*B, ...]`` contiguous copy and is reshaped back (the authors' ``SeqToANNContainer``);
-* every spiking layer is a Python loop over T of the per-step surrogate
-  :class:`~stable_snn.neurons.surrogate.TriangleSpike`, joined with ``torch.stack``
-  (:func:`~stable_snn.neurons.lif_multistep_reference`);
+* every spiking layer is a Python loop over T of the per-step spike with the neuron's
+  surrogate (:class:`~stable_snn.neurons.surrogate.SurrogateSpike`), joined with
+  ``torch.stack`` (:func:`~stable_snn.neurons.lif_multistep_reference`);
 * the MPPD recursion (Eq. 11) is a Python loop with ``torch.stack``;
 * a training step in mode ``at`` runs the wasted eval-mode clean pass before RFGSM,
   RFGSM itself, then separate clean and perturbed passes (each with its own BatchNorm
   batch statistics), all in fp32;
 * PGD runs its steps through the same reference forward.
 
-It is a view over the same :class:`~stable_snn.models.SpikingNetwork` module tree (same
-parameters, same BatchNorm buffers), so the fast path and this one compute the same
-function of the same weights.  Shapes follow the library: images ``[B, C, H, W]`` in
-[0, 1], logits ``[T, B, classes]``.
+It reads the parameters and buffers of a :class:`~stable_snn.models.SpikingNetwork` (same
+weights, same BatchNorm buffers, which its train-mode passes update as BatchNorm does) but
+calls neither the model's traversal nor its blocks: every layer is a functional call on
+those tensors, so the models' backends and this loop compute the same function of the same
+weights independently.  Shapes follow the library: images ``[B, C, H, W]`` in [0, 1],
+logits ``[T, B, classes]``.
 """
 from __future__ import annotations
 
@@ -26,23 +28,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ObjectiveConfig
-from .models import SNNOutput, SpikingNetwork, SpikingVGG, SpikingWRN
+from .models import Features, SpikingNetwork, SpikingVGG, SpikingWRN
 from .neurons import LIF, lif_multistep_reference
+from .objective import PassOutput
 
 
 # -- forward ----------------------------------------------------------------------------
 
-def _seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run a stateless module on ``[T, B, *]`` through a ``[T*B, *]`` contiguous copy."""
+def _seq(fn, x: torch.Tensor) -> torch.Tensor:
+    """Run a stateless function on ``[T, B, *]`` through a ``[T*B, *]`` contiguous copy."""
     T, B = x.shape[:2]
-    y = module(x.reshape(T * B, *x.shape[2:]).contiguous())
+    y = fn(x.reshape(T * B, *x.shape[2:]).contiguous())
     return y.reshape(T, B, *y.shape[1:]).contiguous()
 
 
+def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return _seq(lambda h: F.conv2d(h, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups), x)
+
+
+def _linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return _seq(lambda h: F.linear(h, linear.weight, linear.bias), x)
+
+
+def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm over ``[T*B, C, H, W]``: batch statistics and the running update in train mode."""
+    factor = 0.0
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch = bn.training or not bn.track_running_stats
+    return _seq(lambda h: F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, use_batch, factor,
+                                       bn.eps), x)
+
+
 def _fire(neuron: LIF, current: torch.Tensor, record: list) -> torch.Tensor:
-    gains = neuron.gains()
     spikes, _ = lif_multistep_reference(
-        current, neuron.leak, neuron.threshold, neuron.surrogate_width, gains, neuron.gain_form
+        current, neuron.leak, neuron.threshold, neuron.surrogate, neuron.gains(), neuron.gain_form
     )
     record.append((current, spikes))
     return spikes
@@ -50,40 +71,58 @@ def _fire(neuron: LIF, current: torch.Tensor, record: list) -> torch.Tensor:
 
 def _run_vgg(model: SpikingVGG, seq: torch.Tensor, record: list) -> torch.Tensor:
     x = seq
-    for layer in model.layers:
-        x = _fire(layer, x, record) if isinstance(layer, LIF) else _seq(layer, x)
-    return _seq(model.head, x)
+    for block in model.features:
+        x = _fire(block.neuron, _batch_norm(block.bn, _conv(block.conv, x)), record)
+        if block.pool is not None:
+            x = _seq(lambda h: F.avg_pool2d(h, 2), x)
+    x = x.reshape(*x.shape[:2], -1)
+    for block in model.classifier:
+        x = _fire(block.neuron, _linear(block.linear, x), record)
+    return x
 
 
 def _run_wrn(model: SpikingWRN, seq: torch.Tensor, record: list) -> torch.Tensor:
-    x = _seq(model.stem, seq)
+    x = _conv(model.stem, seq)
     for b in model.blocks:
-        o = _fire(b.act1, _seq(b.bn1, x), record)
-        y = _seq(b.conv1, o)
-        y = _fire(b.act2, _seq(b.bn2, y), record)
-        y = _seq(b.conv2, y)
-        short = x if b.shortcut is None else _seq(b.shortcut, o)
+        o = _fire(b.pre.neuron, _batch_norm(b.pre.bn, x), record)
+        y = _fire(b.mid.neuron, _batch_norm(b.mid.bn, _conv(b.mid.conv, o)), record)
+        y = _conv(b.conv2, y)
+        short = x if b.shortcut is None else _conv(b.shortcut, o)
         x = b.combine.weight[0] * short + b.combine.weight[1] * y
-    x = _fire(model.act, _seq(model.bn, x), record)
-    return _seq(model.head, _seq(model.pool, x))
+    x = _fire(model.final.neuron, _batch_norm(model.final.bn, x), record)
+    return _seq(lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1), x)
 
 
-def reference_forward(model: SpikingNetwork, x: torch.Tensor, return_internals: bool = False):
-    """The authors'-style forward over ``model``'s modules: same signature as ``model(x, ...)``."""
+def reference_features(model: SpikingNetwork, x: torch.Tensor) -> Features:
+    """The authors'-style pass over ``model``'s weights: :class:`~stable_snn.models.Features` with every spike train."""
     if x.dim() != 4 or x.shape[1] != model.in_channels:
         raise ValueError(f"expected images of shape [B, {model.in_channels}, H, W], got {tuple(x.shape)}")
     x = (x - model.mean.to(x.dtype)) / model.std.to(x.dtype)
     seq = x.unsqueeze(0).repeat(model.timesteps, 1, 1, 1, 1)  # [T, B, C, H, W], a real copy
     record: list = []
     if isinstance(model, SpikingVGG):
-        logits = _run_vgg(model, seq, record)
+        pre_logits = _run_vgg(model, seq, record)
     elif isinstance(model, SpikingWRN):
-        logits = _run_wrn(model, seq, record)
+        pre_logits = _run_wrn(model, seq, record)
     else:
         raise TypeError(f"no reference forward for {type(model).__name__}")
-    if not return_internals:
-        return logits
-    return SNNOutput(logits, record[-1][0], tuple(s for _, s in record))
+    return Features(pre_logits, record[-1][0], tuple(s for _, s in record))
+
+
+def reference_head(model: SpikingNetwork, features: Features) -> torch.Tensor:
+    """Logits ``[T, B, classes]`` from :func:`reference_features`' pre-logits."""
+    return _linear(model.head, features.pre_logits)
+
+
+def reference_pass(model: SpikingNetwork, x: torch.Tensor) -> PassOutput:
+    """Logits and features of one reference pass (the objective's :class:`~stable_snn.objective.PassOutput`)."""
+    features = reference_features(model, x)
+    return PassOutput(reference_head(model, features), features)
+
+
+def reference_forward(model: SpikingNetwork, x: torch.Tensor) -> torch.Tensor:
+    """Logits ``[T, B, classes]`` of the reference pass."""
+    return reference_pass(model, x).logits
 
 
 # -- objective ----------------------------------------------------------------------------
@@ -107,7 +146,8 @@ def reference_ms_mppd(model: SpikingNetwork, clean_current: torch.Tensor, pert_c
     return sq.mean() if reduction == "mean" else sq.sum() / delta.shape[1]
 
 
-def reference_loss(model: SpikingNetwork, clean: SNNOutput, pert: SNNOutput | None, labels: torch.Tensor, cfg: ObjectiveConfig) -> dict:
+def reference_loss(model: SpikingNetwork, clean: PassOutput, pert: PassOutput | None, labels: torch.Tensor,
+                   cfg: ObjectiveConfig) -> dict:
     """Eqs. 16-17 (MS-MPPD regulariser only): a dict of the loss terms."""
     ce_clean = F.cross_entropy(clean.logits.mean(0), labels)
     if pert is None:
@@ -115,7 +155,7 @@ def reference_loss(model: SpikingNetwork, clean: SNNOutput, pert: SNNOutput | No
     if cfg.regularizer != "ms_mppd":
         raise ValueError("the reference path transcribes the ms_mppd regulariser only")
     ce_pert = F.cross_entropy(pert.logits.mean(0), labels)
-    stab = reference_ms_mppd(model, clean.last_current, pert.last_current, cfg.reduction)
+    stab = reference_ms_mppd(model, clean.features.last_current, pert.features.last_current, cfg.reduction)
     total = cfg.chi * ce_clean + (1.0 - cfg.chi) * ce_pert
     if cfg.rho > 0:
         total = total + cfg.rho * stab
@@ -188,8 +228,8 @@ def reference_train_step(model: SpikingNetwork, optimizer: torch.optim.Optimizer
     else:
         raise ValueError(f"the reference path transcribes modes natural, gaussian and at, got {cfg.mode!r}")
     optimizer.zero_grad(set_to_none=True)
-    clean = reference_forward(model, images, return_internals=True)
-    pert = reference_forward(model, x_pert, return_internals=True) if x_pert is not None else None
+    clean = reference_pass(model, images)
+    pert = reference_pass(model, x_pert) if x_pert is not None else None
     terms = reference_loss(model, clean, pert, labels, cfg)
     terms["total"].backward()
     optimizer.step()

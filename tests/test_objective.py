@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from stable_snn.config import ObjectiveConfig
-from stable_snn.models import SNNOutput, build_model
-from stable_snn.objective import TwoPass, build_optimizer, build_perturbation, stable_loss, train_step
+from stable_snn.models import Features, build_model
+from stable_snn.objective import PassOutput, TwoPass, build_optimizer, build_perturbation, stable_loss, train_step
 from stable_snn.attacks import RFGSM, GaussianNoise
 
 T, B, CLASSES, LAM = 3, 4, 10, 0.99
@@ -79,7 +79,7 @@ def test_eq16_17_with_ms_mppd(form, reduction, chi, rho):
     terms = stable_loss(model, clean, pert, y, cfg)
     ce_c = ce_slow(clean.logits.tolist(), y.tolist())
     ce_p = ce_slow(pert.logits.tolist(), y.tolist())
-    delta = (clean.last_current - pert.last_current).double()
+    delta = (clean.features.last_current - pert.features.last_current).double()
     if form == "leak":
         leak, scale = [LAM * v for v in a.tolist()], [1.0] * T
     else:
@@ -100,7 +100,7 @@ def test_eq17_with_spike_distances(regularizer):
     clean, pert, y = _outputs(model, seed=1)
     cfg = ObjectiveConfig(mode="gaussian", regularizer=regularizer, rho=1.0)
     terms = stable_loss(model, clean, pert, y, cfg)
-    s, s_p = clean.spikes[-1], pert.spikes[-1]
+    s, s_p = clean.features.spikes[-1], pert.features.spikes[-1]
     Tn, Bn = s.shape[:2]
     s, s_p = s.reshape(Tn, Bn, -1).tolist(), s_p.reshape(Tn, Bn, -1).tolist()
     r = 0.0
@@ -134,10 +134,43 @@ def test_clean_branch_of_ms_mppd_is_detached():
     logits = torch.randn(T, B, CLASSES, generator=g)
     spikes = (torch.zeros(T, B, 32),)
     y = torch.zeros(B, dtype=torch.long)
-    terms = stable_loss(model, SNNOutput(logits, cur_c, spikes), SNNOutput(logits, cur_p, spikes), y, ObjectiveConfig())
+    clean = PassOutput(logits, Features(torch.zeros(T, B, 32), cur_c, spikes))
+    pert = PassOutput(logits, Features(torch.zeros(T, B, 32), cur_p, spikes))
+    terms = stable_loss(model, clean, pert, y, ObjectiveConfig())
     g_c, g_p = torch.autograd.grad(terms.stability, [cur_c, cur_p], allow_unused=True)
     assert g_c is None
     assert g_p is not None and g_p.abs().sum() > 0
+
+
+def test_two_pass_is_one_module_call_of_features_and_head():
+    """Both passes in one module call (one forward per backward under DDP), each features + head."""
+    model = tiny().eval()
+    x, x_pert, _ = batch()
+    two = TwoPass(model, record_spikes=False)
+    calls = []
+    handle = two.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.no_grad():
+            clean, pert = two(x, x_pert)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    with torch.no_grad():
+        for out, images in ((clean, x), (pert, x_pert)):
+            features = model.forward_features(images)
+            assert torch.equal(out.logits, model(images))
+            assert torch.equal(out.features.last_current, features.last_current)
+            assert out.features.spikes == ()
+        recorded, _ = TwoPass(model)(x)
+    assert len(recorded.features.spikes) == len(model.spiking_layers())
+
+
+def test_spike_regularizers_need_recorded_spikes():
+    model = tiny("lif").train()
+    x, x_pert, y = batch()
+    clean, pert = TwoPass(model, record_spikes=False)(x, x_pert)
+    with pytest.raises(ValueError, match="record_spikes"):
+        stable_loss(model, clean, pert, y, ObjectiveConfig(mode="gaussian", regularizer="tasad"))
 
 
 @pytest.mark.parametrize("form", ["leak", "input"])

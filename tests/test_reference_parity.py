@@ -1,6 +1,6 @@
-"""The fast path against the reference transcription of the authors' loop (stable_snn.reference), fp32.
+"""The fused backend against the reference transcription of the authors' loop (stable_snn.reference), fp32.
 
-Same weights (the reference runs over the same module tree), same batch: forward outputs,
+Same weights (the reference reads the same parameters and buffers), same batch: forward outputs,
 the last layer's input current, MS-MPPD, the loss terms and the gradients of every weight,
 DLIF gain and input agree to fp32 round-off; a whole training step (RFGSM, both passes,
 BatchNorm statistics) agrees too.
@@ -16,7 +16,7 @@ from stable_snn.config import ObjectiveConfig
 from stable_snn.models import build_model
 from stable_snn.objective import TwoPass, stable_loss, train_step
 from stable_snn.reference import (
-    reference_forward, reference_loss, reference_pgd, reference_rfgsm, reference_train_step,
+    reference_forward, reference_loss, reference_pass, reference_pgd, reference_rfgsm, reference_train_step,
 )
 from stable_snn.attacks import PGD, RFGSM
 
@@ -56,11 +56,12 @@ def test_forward_matches_reference(name, neuron, form, mode):
     model.train(mode == "train")
     twin.train(mode == "train")
     x, _, _ = batch()
-    assert model.uses_fast_path()
+    assert model.backend == "eager"
     with torch.no_grad():
-        fast = model(x, return_internals=True)
-        ref = reference_forward(twin, x, return_internals=True)
-    assert_close(fast.logits, ref.logits, "logits")
+        fast = model.forward_features(x, record_spikes=True)
+        ref_logits, ref = reference_pass(twin, x)
+        assert_close(model.forward_head(fast), ref_logits, "logits")
+    assert_close(fast.pre_logits, ref.pre_logits, "pre-logits")
     assert_close(fast.last_current, ref.last_current, "last current")
     assert len(fast.spikes) == len(ref.spikes) == len(model.spiking_layers())
     for i, (s, r) in enumerate(zip(fast.spikes, ref.spikes)):
@@ -82,8 +83,7 @@ def test_loss_and_gradients_match_reference(name, neuron, form):
 
     clean, pert = TwoPass(model, record_spikes=False)(*inputs)
     terms = stable_loss(model, clean, pert, y, cfg)
-    ref_terms = reference_loss(twin, reference_forward(twin, inputs_ref[0], True),
-                               reference_forward(twin, inputs_ref[1], True), y, cfg)
+    ref_terms = reference_loss(twin, reference_pass(twin, inputs_ref[0]), reference_pass(twin, inputs_ref[1]), y, cfg)
     for key, value in (("total", terms.total), ("ce_clean", terms.ce_clean), ("ce_pert", terms.ce_pert),
                        ("stability", terms.stability)):
         assert_close(value, ref_terms[key], key)
@@ -141,14 +141,11 @@ def test_attacks_match_reference(name, neuron, form):
     assert (adv - adv_ref).abs().max() < 1e-6
 
 
-def test_reference_path_is_the_module_path():
-    """The reference forward and the model's own per-module path (neurons on "reference") agree."""
-    from stable_snn.neurons import neuron_backend
-
-    model = tiny("vgg5", "dlif", "leak").eval()
+@pytest.mark.parametrize("name", ["vgg5", "wrn16"])
+def test_reference_backend_is_the_reference_transcription(name):
+    """The model's own "reference" backend (its blocks, per-step neurons) and the transcription agree."""
+    model = tiny(name, "dlif", "leak").eval()
+    model.backend = "reference"
     x, _, _ = batch(4)
-    with torch.no_grad(), neuron_backend(model, "reference"):
-        assert not model.uses_fast_path()
-        module_path = model(x)
     with torch.no_grad():
-        assert_close(reference_forward(model, x), module_path, "logits")
+        assert_close(reference_forward(model, x), model(x), "logits")

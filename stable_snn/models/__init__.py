@@ -1,10 +1,15 @@
-"""Spiking networks by name: ``build_model(name, num_classes, timesteps, neuron, **kwargs)``."""
-from .base import SNNOutput, SpikingNetwork, Synapse, fold
+"""Spiking networks by name: ``build_model(name, num_classes, timesteps, neuron, backend, **kwargs)``."""
+from .backend import BACKENDS, HasBackend
+from .base import Features, SpikingNetwork, Synapse
+from .blocks import Block, BNSpiking, ConvBNSpiking, LinearSpiking, SpikingBlock, Trace, fold
+from .fast import FastConv2d
 from .registry import build_model, list_models, register_model
 from .vgg import SpikingVGG, vgg5, vgg11
-from .wrn import ConvexCombination, SpikingWRN, wrn16
+from .wrn import ConvexCombination, PreActBlock, SpikingWRN, wrn16
 
 __all__ = [
-    "ConvexCombination", "SNNOutput", "SpikingNetwork", "SpikingVGG", "SpikingWRN", "Synapse",
-    "build_model", "fold", "list_models", "register_model", "vgg5", "vgg11", "wrn16",
+    "BACKENDS", "BNSpiking", "Block", "ConvBNSpiking", "ConvexCombination", "FastConv2d", "Features",
+    "HasBackend", "LinearSpiking", "PreActBlock", "SpikingBlock", "SpikingNetwork", "SpikingVGG",
+    "SpikingWRN", "Synapse", "Trace", "build_model", "fold", "list_models", "register_model", "vgg5",
+    "vgg11", "wrn16",
 ]

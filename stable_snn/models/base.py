@@ -1,18 +1,26 @@
-"""Common machinery of the spiking networks: direct encoding, time folding, internals.
+"""Common machinery of the spiking networks: direct encoding, one traversal, internals.
 
 Shapes: images ``[B, C, H, W]`` in [0, 1]; everything inside is time-major
 ``[T, B, *]``; logits ``[T, B, num_classes]`` (decode with ``logits.mean(0)``).
+
+In the timm manner, ``forward(x) = forward_head(forward_features(x))``:
+:meth:`SpikingNetwork.forward_features` returns :class:`Features` (pre-logits, the input
+current of the last spiking layer, recorded spikes) and :meth:`SpikingNetwork.forward_head`
+the logits.  The blocks (:mod:`.blocks`) are called as modules on every backend
+(:mod:`.backend`), so forward hooks and pre-hooks on them always fire and never change the
+computation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from ..neurons import LIF, build_neuron
-from ..neurons.fused import KERNELS
+from .backend import HasBackend, check_backend
+from .blocks import SpikingBlock, Trace
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -20,31 +28,18 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
-class SNNOutput(NamedTuple):
-    """What a forward pass gives back with ``return_internals=True``.
+class Features(NamedTuple):
+    """What :meth:`SpikingNetwork.forward_features` returns.
 
-    logits:       ``[T, B, num_classes]``
-    last_current: ``[T, B, *]`` input current ``I^L`` of the last spiking layer (for MS-MPPD)
-    spikes:       spikes ``[T, B, *]`` of every spiking layer, in forward order (TASAD/STD)
+    pre_logits:   ``[T, B, F]`` input of the classifier head
+    last_current: ``[T, B, *]`` input current ``I^L`` of the last spiking layer (for MS-MPPD, Eq. 14)
+    spikes:       spikes ``[T, B, *]`` of every spiking layer in forward order (TASAD/STD,
+                  Eqs. 12-13; un-pooled); empty unless ``record_spikes=True``
     """
 
-    logits: torch.Tensor
+    pre_logits: torch.Tensor
     last_current: torch.Tensor
     spikes: tuple[torch.Tensor, ...]
-
-
-@dataclass
-class _Trace:
-    record: bool
-    spikes: list[torch.Tensor] = field(default_factory=list)
-    last_current: torch.Tensor | None = None
-
-
-def fold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a stateless module to ``[T, B, *]`` by folding T into the batch."""
-    T, B = x.shape[:2]
-    y = module(x.flatten(0, 1))
-    return y.unflatten(0, (T, B))
 
 
 @dataclass
@@ -56,57 +51,29 @@ class Synapse:
     ops: list[nn.Module]
 
 
-class SpikingNetwork(nn.Module):
-    """Base of every model: normalisation inside, direct encoding over T steps.
+class SpikingNetwork(HasBackend, nn.Module):
+    """Base of every model: normalisation inside, direct encoding over T steps, blocks.
 
-    Two ways through the same modules compute the same function:
-
-    * the *module path* (:meth:`run`): every layer called as a module on ``[T, B, *]``
-      folded into the batch; taken when any neuron is on the ``"reference"`` backend or any
-      submodule has hooks (so hooks and backends behave as documented);
-    * the *fast path* (:meth:`run_fast`, the default): layers before the first neuron run
-      once on the ``[B, ...]`` image instead of T times on identical copies (exact; the
-      BatchNorm running variance counts the T copies); convolutions in channels-last
-      (:mod:`.fast`); each BatchNorm-neuron(-2x2 average pooling) triple as one fused
-      autograd Function (:mod:`stable_snn.neurons.fused`) whose kernels are
-      ``kernels="eager"`` (plain PyTorch) or ``"compiled"`` (``torch.compile``).
+    ``backend`` (``"reference"``, ``"eager"`` or ``"compiled"``, see :mod:`.backend`) is
+    chosen once per model and propagates to its blocks; subclasses build their blocks and
+    then assign ``self.backend = backend``.  Subclasses implement :meth:`forward_trunk`.
     """
 
     image_size: int | None = None  # the one input size an architecture accepts, if it fixes one
 
     def __init__(self, timesteps: int, in_channels: int = 3, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                 kernels: str = "eager") -> None:
+                 backend: str = "eager") -> None:
         super().__init__()
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        self._backend = check_backend(backend)  # blocks get it when the subclass assigns self.backend
         self.timesteps = timesteps
         self.in_channels = in_channels
-        self.kernels = kernels
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
-    @property
-    def kernels(self) -> str:
-        """Kernels of the fast path's fused neurons: ``"eager"`` or ``"compiled"`` (``torch.compile``)."""
-        return self._kernels
-
-    @kernels.setter
-    def kernels(self, value: str) -> None:
-        if value not in KERNELS:
-            raise ValueError(f"kernels must be one of {KERNELS}, got {value!r}")
-        self._kernels = value
-
-    # -- pieces subclasses use -------------------------------------------------
     def _neuron(self, neuron: str, neuron_kwargs: dict) -> LIF:
         return build_neuron(neuron, self.timesteps, **neuron_kwargs)
-
-    @staticmethod
-    def _fire(neuron: LIF, current: torch.Tensor, trace: _Trace) -> torch.Tensor:
-        s = neuron(current)
-        trace.last_current = current
-        if trace.record:
-            trace.spikes.append(s)
-        return s
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``[B, C, H, W]`` images in [0, 1] with the dataset's mean and std."""
@@ -119,45 +86,43 @@ class SpikingNetwork(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``[B, C, H, W]`` images and repeat them T times: ``[T, B, C, H, W]``."""
-        x = self.normalize(x)
-        return x.unsqueeze(0).expand(self.timesteps, *x.shape)
+        """Direct encoding of ``[B, C, H, W]`` images: ``[1, B, C, H, W]`` (static, broadcast over T)
+        on the fused backends, ``[T, B, C, H, W]`` (the image repeated) on ``"reference"``."""
+        x = self.normalize(x).unsqueeze(0)
+        return x.expand(self.timesteps, *x.shape[1:]) if self.backend == "reference" else x
 
-    def run(self, seq: torch.Tensor, trace: _Trace) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def run_fast(self, x: torch.Tensor, trace: _Trace) -> torch.Tensor:
-        """The fast path from normalised images ``[B, C, H, W]`` (default: the module path)."""
-        return self.run(x.unsqueeze(0).expand(self.timesteps, *x.shape), trace)
-
-    def uses_fast_path(self) -> bool:
-        """Whether :meth:`forward` takes the fast path: every neuron on the "fused" backend, no submodule hooks."""
-        for m in self.modules():
-            if m is not self and (m._forward_hooks or m._forward_pre_hooks):
-                return False
-        return all(m.backend == "fused" for m in self.spiking_layers())
-
-    def synapses(self) -> list[Synapse]:  # pragma: no cover - abstract
+    def forward_trunk(self, x: torch.Tensor, trace: Trace) -> torch.Tensor:  # pragma: no cover - abstract
+        """The blocks from the encoded input ``[Tx, B, C, H, W]`` to the pre-logits ``[Tx, B, F]``."""
         raise NotImplementedError
 
     # -- public API ------------------------------------------------------------
-    def forward(self, x: torch.Tensor, return_internals: bool = False, *, record_spikes: bool = True):
-        """``x``: ``[B, C, H, W]`` in [0, 1] -> logits ``[T, B, classes]`` (or :class:`SNNOutput`).
+    def forward_features(self, x: torch.Tensor, *, record_spikes: bool = False) -> Features:
+        """``x``: ``[B, C, H, W]`` in [0, 1] -> :class:`Features` (spikes recorded when asked)."""
+        trace = Trace(record_spikes=record_spikes)
+        pre = self.forward_trunk(self.encode(x), trace)
+        if trace.last_current is None:
+            raise RuntimeError(f"{type(self).__name__} has no spiking block with records_current=True")
+        return Features(pre.expand(self.timesteps, *pre.shape[1:]), trace.last_current, tuple(trace.spikes))
 
-        ``record_spikes=False`` leaves ``SNNOutput.spikes`` empty (the MS-MPPD objective needs
-        only ``last_current``), which lets the fast path fuse pooling into the neurons.
-        """
-        trace = _Trace(record=return_internals and record_spikes)
-        if self.uses_fast_path():
-            logits = self.run_fast(self.normalize(x), trace)
-        else:
-            logits = self.run(self.encode(x), trace)
-        if not return_internals:
-            return logits
-        return SNNOutput(logits, trace.last_current, tuple(trace.spikes))
+    def forward_head(self, features: Features) -> torch.Tensor:
+        """Logits ``[T, B, num_classes]`` from :class:`Features` (the classifier head per time step)."""
+        return self.head(features.pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[B, C, H, W]`` in [0, 1] -> logits ``[T, B, num_classes]``."""
+        return self.forward_head(self.forward_features(x))
+
+    def spiking_blocks(self) -> list[tuple[str, SpikingBlock]]:
+        """Every spiking layer's block in forward order, with its name."""
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, SpikingBlock)]
 
     def spiking_layers(self) -> list[LIF]:
+        """The neurons of the spiking layers in forward order."""
         return [m for m in self.modules() if isinstance(m, LIF)]
+
+    def synapses(self) -> list[Synapse]:
+        """The synapse (weight ops) and neuron of every spiking layer, named after its block."""
+        return [Synapse(name, b.neuron, b.synapse_ops()) for name, b in self.spiking_blocks()]
 
     def dlif_gains(self) -> torch.Tensor | None:
         """``[L, T]`` gains ``a^l[t]`` of all DLIF layers (None when the model has none)."""

@@ -1,4 +1,4 @@
-"""Pieces of the models' fast path (see :meth:`SpikingNetwork.forward`).
+"""Pieces of the fused backends (``"eager"``, ``"compiled"``) of the models.
 
 * :func:`conv2d`: a convolution whose low-precision weight gradient runs on one CPU thread
   during training.  oneDNN's bf16 weight-gradient kernel with two OpenMP threads is
@@ -6,6 +6,8 @@
   16x16, batch 256, against a steady 25-55 ms on one thread (AMX); forward, input gradient
   and every matmul are fine with two threads (measured side by side).  fp32 and CUDA are
   left as they are.
+* :class:`FastConv2d`: the ``nn.Conv2d`` of every model, always called as a module (so its
+  hooks fire on every backend), through :func:`conv2d` on the fused backends.
 * channels-last helpers: convolutions run in ``torch.channels_last``; the fused
   BatchNorm-LIF kernels (:mod:`stable_snn.neurons.fused`) see the same memory as
   ``[T, B, H, W, C]`` without a copy.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .backend import HasBackend
 
 WGRAD_THREADS = 1  # threads of the CPU low-precision weight-gradient call
 
@@ -72,15 +76,14 @@ class _ConvFastWeightGrad(torch.autograd.Function):
 
 
 def conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` for ``x`` ``[N, C, H, W]``; in training with gradients, through :func:`_weight_grad`.
+    """``conv(x)``'s math for ``x`` ``[N, C, H, W]``; in training with gradients, through :func:`_weight_grad`.
 
     Under autocast the operands are cast to the autocast dtype as autocast would; the
     weight gradient comes back in the weight's dtype.
     """
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return conv(x)
-    if not (conv.training and torch.is_grad_enabled() and conv.weight.requires_grad):
-        return conv(x)
+    plain = conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+    if plain or not (conv.training and torch.is_grad_enabled() and conv.weight.requires_grad):
+        return nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias)
     dtype = _autocast_dtype(x.device) or conv.weight.dtype
     x = x.to(dtype)
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -88,12 +91,26 @@ def conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
             x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, dtype)
 
 
-def channels_last_5d(y: torch.Tensor, tx: int) -> torch.Tensor:
-    """A channels-last ``[tx*B, C, H, W]`` map as ``[tx, B, H, W, C]`` (a view)."""
-    y = y.contiguous(memory_format=torch.channels_last)
-    return y.permute(0, 2, 3, 1).unflatten(0, (tx, y.shape[0] // tx))
+class FastConv2d(HasBackend, nn.Conv2d):
+    """An ``nn.Conv2d`` (same parameters, same function) that is always called as a module.
+
+    On the ``"eager"`` and ``"compiled"`` backends its training weight gradient goes through
+    :func:`conv2d`; on ``"reference"`` it is the plain ``nn.Conv2d``.  Input ``[N, C, H, W]``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "reference":
+            return super().forward(x)
+        return conv2d(x, self)
+
+
+def channels_last_5d(y: torch.Tensor) -> torch.Tensor:
+    """A ``[tx, B, C, H, W]`` map as ``[tx, B, H, W, C]`` over channels-last memory (a view when it already is)."""
+    tx, B = y.shape[:2]
+    y = y.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    return y.permute(0, 2, 3, 1).unflatten(0, (tx, B))
 
 
 def from_channels_last_5d(s: torch.Tensor) -> torch.Tensor:
-    """``[T, B, H, W, C]`` -> the same memory as a channels-last ``[T*B, C, H, W]``."""
-    return s.flatten(0, 1).permute(0, 3, 1, 2)
+    """``[T, B, H, W, C]`` -> the same memory as a ``[T, B, C, H, W]`` view."""
+    return s.permute(0, 1, 4, 2, 3)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .backend import check_backend
 from .base import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, SpikingNetwork
 
 _REGISTRY: dict[str, Callable[..., SpikingNetwork]] = {}
@@ -25,22 +26,26 @@ def build_model(
     num_classes: int = 10,
     timesteps: int = 8,
     neuron: str = "dlif",
+    backend: str = "eager",
     **kwargs,
 ) -> SpikingNetwork:
     """Build a spiking network by name.
 
-    kwargs flow to the model (``width``, ``classifier_width``, ``mean``, ``std``) and to
-    its neurons (``leak``, ``threshold``, ``surrogate_width``, ``gain_form``, ``backend``).
-    Normalisation defaults to CIFAR-10's statistics, CIFAR-100's when ``num_classes == 100``.
+    ``backend``: one of :data:`~stable_snn.models.backend.BACKENDS` (``"reference"``,
+    ``"eager"``, ``"compiled"``).  kwargs flow to the model (``width``, ``classifier_width``,
+    ``mean``, ``std``) and to its neurons (``leak``, ``threshold``, ``surrogate_width``,
+    ``gain_form``).  Normalisation defaults to CIFAR-10's statistics, CIFAR-100's when
+    ``num_classes == 100``.
     """
     if name not in _REGISTRY:
         raise ValueError(f"model must be one of {list_models()}, got {name!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    check_backend(backend)
     if num_classes == 100:
         kwargs.setdefault("mean", CIFAR100_MEAN)
         kwargs.setdefault("std", CIFAR100_STD)
-    return _REGISTRY[name](num_classes=num_classes, timesteps=timesteps, neuron=neuron, **kwargs)
+    return _REGISTRY[name](num_classes=num_classes, timesteps=timesteps, neuron=neuron, backend=backend, **kwargs)
 
 
 def _register_builtin() -> None:

@@ -1,20 +1,21 @@
 """BatchNorm + LIF/DLIF (+ 2x2 average pooling) over all T steps as one autograd Function.
 
-The fast path of the models (``SpikingNetwork`` with every neuron on the ``"fused"``
-backend) feeds the output of a convolution or linear layer straight into
-:func:`fused_lif`, which computes, per channel ``c`` and time step ``t``::
+The ``"eager"`` and ``"compiled"`` backends of the models (:mod:`stable_snn.models.blocks`)
+feed the output of a convolution or linear layer straight into :func:`fused_lif`, which
+computes, per channel ``c`` and time step ``t``::
 
     I[t]  = alpha[c] * x[t] + beta[c]             BatchNorm as an affine map (or I = x)
     v[t]  = lg[t] * u[t-1] + gin[t] * I[t]        Eq. 1; LIF: lg = lam, gin = 1
     s[t]  = H(v[t] - theta),  u[t] = v[t] (1 - s[t])
-    out   = s  or  AvgPool2d(2)(s)
+    out   = s  or  AvgPool2d(2)(s)   (and, on request, the un-pooled s as well)
 
 with ``lg[t] = lam * a[t]`` (DLIF, the paper's "leak" form) or ``gin[t] = a[t]`` (the
-authors' "input" form).  The BatchNorm output, the membrane potentials and the un-pooled
-spikes never exist as tensors: the backward pass recomputes them from ``x`` (the saved
-conv/linear output) and runs the surrogate recursion (Eq. 18) and the BatchNorm backward in
-the same sweep.  The neuron state is fp32 (fp64 for fp64 inputs) whatever the dtype of
-``x``; spikes come out in the dtype of ``x``.
+authors' "input" form).  The BatchNorm output and the membrane potentials never exist as
+tensors (nor do the un-pooled spikes unless asked for): the backward pass recomputes them
+from ``x`` (the saved conv/linear output) and runs the surrogate recursion (the triangle of
+Eq. 18, the only surrogate these kernels implement) and the BatchNorm backward in the same
+sweep.  The neuron state is fp32 (fp64 for fp64 inputs) whatever the dtype of ``x``; spikes
+come out in the dtype of ``x``.
 
 Layout: ``x`` is ``[Tx, M, C]`` with the channel innermost (a channels-last conv output
 ``[T*B, C, H, W]`` viewed without a copy, or a linear output ``[T, B, F]``).  ``Tx`` is
@@ -72,11 +73,13 @@ def _channel_sum(g: torch.Tensor) -> torch.Tensor:
     return g.sum(tuple(range(g.dim() - 1)))
 
 
-def lif_forward_math(x, alpha, beta, gin, lg, threshold: float, timesteps: int, static: bool, pool: bool):
-    """Spikes ``[T, *, C]`` (pooled when ``pool``) in ``x``'s dtype."""
+def lif_forward_math(x, alpha, beta, gin, lg, threshold: float, timesteps: int, static: bool, pool: bool,
+                     keep_full: bool):
+    """``(spikes, full)``: spikes ``[T, *, C]`` (pooled when ``pool``) in ``x``'s dtype, and the
+    un-pooled spikes ``[T, *, C]`` when ``keep_full`` (else None)."""
     state = _state_dtype(x.dtype)
     u = None
-    out = []
+    out, full = [], []
     for t in range(timesteps):
         current = _current(x[0] if static else x[t], alpha, beta, state)
         v = gin[t] * current if u is None else lg[t] * u + gin[t] * current
@@ -84,16 +87,19 @@ def lif_forward_math(x, alpha, beta, gin, lg, threshold: float, timesteps: int, 
         u = torch.where(fire, 0.0, v)
         s = fire.to(x.dtype)
         out.append(_pool(s, pool))
-    return torch.stack(out)
+        if keep_full:
+            full.append(s)
+    return torch.stack(out), (torch.stack(full) if keep_full else None)
 
 
-def lif_backward_scan(x, alpha, beta, gin, lg, grad_out, threshold: float, width: float, timesteps: int,
+def lif_backward_scan(x, alpha, beta, gin, lg, grad_out, grad_full, threshold: float, width: float, timesteps: int,
                       static: bool, pool: bool, need_gin: bool, need_lg: bool):
     """The surrogate backward recursion (Eq. 18 through Eq. 1), elementwise over ``[*, C]``.
 
-    Recomputes the currents and potentials from ``x``, runs the recursion backwards and
-    returns ``(grad_current, gv_current, gv_reset)``: ``dL/dI`` ``[T, *, C]`` (summed over T
-    to ``[1, *, C]`` for a static input) in the state dtype, and the per-step products
+    ``grad_out``: dL/d(spikes) (pooled when ``pool``); ``grad_full``: dL/d(un-pooled spikes)
+    or None.  Recomputes the currents and potentials from ``x``, runs the recursion backwards
+    and returns ``(grad_current, gv_current, gv_reset)``: ``dL/dI`` ``[T, *, C]`` (summed over
+    T to ``[1, *, C]`` for a static input) in the state dtype, and the per-step products
     ``dL/dv[t] * I[t]`` and ``dL/dv[t] * u[t-1]`` ``[T, *, C]`` whose sums are the gradients
     of ``gin[t]`` and ``lg[t]`` (None unless asked for).  Purely elementwise, so compiled it
     is one loop over the elements with the T steps in registers.
@@ -116,6 +122,8 @@ def lif_backward_scan(x, alpha, beta, gin, lg, grad_out, threshold: float, width
         v = pots[t]
         sg = (width - (v - threshold).abs()).clamp_min(0.0) * inv_w2
         gs = _unpool(grad_out[t], pool).to(state)
+        if grad_full is not None:
+            gs = gs + grad_full[t].to(state)
         if grad_u is None:
             gv = gs * sg
         else:
@@ -201,28 +209,36 @@ class FusedLIF(torch.autograd.Function):
     """Autograd Function of :func:`fused_lif` (see the module docstring for the math).
 
     forward(x [Tx, M, C], weight [C] | None, bias [C] | None, gin [T], lg [T],
-    mean [C] | None, invstd [C] | None, spec) -> spikes [T, *, C] (pooled when spec's pool).
+    mean [C] | None, invstd [C] | None, spec) -> spikes [T, *, C] (pooled when spec's pool),
+    or ``(spikes, un-pooled spikes)`` when spec's keep_full.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, gin, lg, mean, invstd, spec):
-        threshold, width, timesteps, static, pool, bn_mode, kernels = spec
+        threshold, width, timesteps, static, pool, keep_full, bn_mode, kernels = spec
         alpha, beta = _affine(weight, bias, mean, invstd)
-        out = _kernel("forward", kernels)(x, alpha, beta, gin, lg, threshold, timesteps, static, pool)
+        out, full = _kernel("forward", kernels)(x, alpha, beta, gin, lg, threshold, timesteps, static, pool, keep_full)
         ctx.spec = spec
+        ctx.out_shape = out.shape
         ctx.grad_nodes = [t.grad_fn if isinstance(t, torch.Tensor) else None for t in (x, weight, bias, gin, lg)]
         ctx.save_for_backward(x, weight, bias, gin, lg, mean, invstd)
-        return out
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
+        return (out, full) if keep_full else out
 
     @staticmethod
-    def backward(ctx, grad_out):
-        threshold, width, timesteps, static, pool, bn_mode, kernels = ctx.spec
+    def backward(ctx, grad_out, grad_full=None):
+        threshold, width, timesteps, static, pool, keep_full, bn_mode, kernels = ctx.spec
         x, weight, bias, gin, lg, mean, invstd = ctx.saved_tensors
+        if grad_out is None and grad_full is None:
+            return (None,) * 8
+        if grad_out is None:
+            grad_out = grad_full.new_zeros(ctx.out_shape)
         alpha, beta = _affine(weight, bias, mean, invstd)
         need = [_needed(ctx, i) for i in range(5)]
         need_bn = weight is not None and (need[1] or need[2])
         g, gv_current, gv_reset = _kernel("scan", kernels)(
-            x, alpha, beta, gin, lg, grad_out.contiguous(), threshold, width, timesteps, static, pool, need[3], need[4])
+            x, alpha, beta, gin, lg, grad_out.contiguous(), grad_full.contiguous() if grad_full is not None else None,
+            threshold, width, timesteps, static, pool, need[3], need[4])
         gx, dw, db, dgin, dlg = _kernel("reduce", kernels)(
             x, g, gv_current, gv_reset, alpha, weight, mean, invstd, bn_mode, need_bn)
         cast = lambda grad, like: grad.to(like.dtype) if grad is not None else None  # noqa: E731
@@ -279,6 +295,16 @@ def _update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tenso
         bn.running_var.mul_(1 - momentum).add_(unbiased.to(bn.running_var.dtype), alpha=momentum)
 
 
+def triangle_width(surrogate) -> float:
+    """The width of a triangle surrogate (Eq. 18), the only surrogate the fused kernels implement."""
+    if not getattr(surrogate, "fused", False):
+        raise ValueError(
+            f"the fused kernels of backends 'eager' and 'compiled' implement the triangle surrogate (Eq. 18) "
+            f"only, got {surrogate!r}: use backend='reference' for other surrogates"
+        )
+    return float(surrogate.width)
+
+
 def fused_lif(
     x: torch.Tensor,
     neuron,
@@ -286,19 +312,26 @@ def fused_lif(
     bn: nn.modules.batchnorm._BatchNorm | None = None,
     pool: bool = False,
     kernels: str = "eager",
-) -> torch.Tensor:
+    keep_full: bool = False,
+):
     """BatchNorm (optional) -> ``neuron`` over T steps -> 2x2 average pooling (when ``pool``).
 
     ``x``: channels-last ``[Tx, *, C]`` with ``Tx`` in {T, 1} (1: a static input broadcast
     over the T steps); with ``pool`` it must be ``[Tx, B, H, W, C]``.  Returns the spikes
-    ``[T, *, C]`` in ``x``'s dtype, pooled to ``[T, B, H/2, W/2, C]`` when ``pool``.  BatchNorm follows ``bn.training``: batch statistics
-    (over all T copies of a static input; the running variance's Bessel correction counts
-    them) with the running-statistics update, or the running statistics.
+    ``[T, *, C]`` in ``x``'s dtype, pooled to ``[T, B, H/2, W/2, C]`` when ``pool``; with
+    ``pool`` and ``keep_full``, the pair ``(pooled, un-pooled spikes [T, B, H, W, C])``, both
+    differentiable.  BatchNorm follows ``bn.training``: batch statistics (over all T copies of
+    a static input; the running variance's Bessel correction counts them) with the
+    running-statistics update, or the running statistics.  ``neuron``'s surrogate must be a
+    triangle (Eq. 18); any other raises ``ValueError`` naming the ``"reference"`` backend.
     """
     if x.dim() < 3 or x.shape[0] not in (1, timesteps):
         raise ValueError(f"fused_lif expects x of shape [T={timesteps} or 1, *, C], got {tuple(x.shape)}")
     if pool and (x.dim() != 5 or x.shape[2] % 2 or x.shape[3] % 2):
         raise ValueError(f"fused pooling expects x of shape [T, B, H, W, C] with even H, W, got {tuple(x.shape)}")
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    width = triangle_width(neuron.surrogate)
     static = x.shape[0] == 1 and timesteps > 1
     state = _state_dtype(x.dtype)
     gin, lg = _gains(neuron, timesteps, state, x.device)
@@ -321,5 +354,5 @@ def fused_lif(
             mean = bn.running_mean.to(state)
             invstd = torch.rsqrt(bn.running_var.to(state) + bn.eps)
             bn_mode = "eval"
-    spec = (float(neuron.threshold), float(neuron.surrogate_width), int(timesteps), static, bool(pool), bn_mode, kernels)
+    spec = (float(neuron.threshold), width, int(timesteps), static, bool(pool), bool(pool and keep_full), bn_mode, kernels)
     return FusedLIF.apply(x, weight, bias, gin, lg, mean, invstd, spec)

@@ -1,24 +1,28 @@
 """Stateless spiking-neuron modules over time-major tensors ``[T, B, *]``.
 
-A module holds only its hyper-parameters and, for DLIF, the trainable gains
-``a[t]``; membrane state lives inside one forward call, so two identical calls
-give identical outputs and nothing leaks between batches.
+A module holds only its hyper-parameters, its surrogate gradient and, for DLIF, the
+trainable gains ``a[t]``; membrane state lives inside one forward call, so two identical
+calls give identical outputs and nothing leaks between batches.  Calling the module runs
+the per-step math (:func:`~stable_snn.neurons.functional.lif_multistep_reference`); the
+models' fused backends read the same hyper-parameters and gains
+(:func:`~stable_snn.neurons.fused.fused_lif`).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .functional import GAIN_FORMS, lif_multistep, lif_multistep_reference
-
-BACKENDS = ("fused", "reference")
+from .functional import check_gain_form, lif_multistep_reference
+from .surrogate import Surrogate, Triangle
 
 
 class LIF(nn.Module):
-    """Leaky integrate-and-fire neuron, Eq. 1, hard reset, surrogate of Eq. 18.
+    """Leaky integrate-and-fire neuron, Eq. 1, hard reset, a surrogate gradient (Eq. 18 by default).
 
+    ``surrogate``: a :class:`~stable_snn.neurons.surrogate.Surrogate`; ``surrogate_width``
+    (omega) is the shorthand for ``Triangle(surrogate_width)``; give at most one of them.
     Input: input current ``I`` of shape ``[T, B, *]`` with ``T == timesteps``.
-    Output: spikes ``[T, B, *]``.
+    Output: spikes ``[T, B, *]`` in the dtype of ``I`` (the state is at least fp32).
     """
 
     def __init__(
@@ -26,8 +30,8 @@ class LIF(nn.Module):
         timesteps: int,
         leak: float = 0.99,
         threshold: float = 1.0,
-        surrogate_width: float = 1.0,
-        backend: str = "fused",
+        surrogate_width: float | None = None,
+        surrogate: Surrogate | None = None,
     ) -> None:
         super().__init__()
         if timesteps < 1:
@@ -36,23 +40,25 @@ class LIF(nn.Module):
             raise ValueError(f"leak must be in [0, 1], got {leak}")
         if threshold <= 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
-        if surrogate_width <= 0:
+        if surrogate_width is not None and surrogate is not None:
+            raise ValueError("give surrogate or surrogate_width, not both")
+        if surrogate_width is not None and not surrogate_width > 0:
             raise ValueError(f"surrogate_width must be > 0, got {surrogate_width}")
         self.timesteps = timesteps
         self.leak = leak
         self.threshold = threshold
-        self.surrogate_width = surrogate_width
-        self.backend = backend
+        self.surrogate = surrogate if surrogate is not None else Triangle(surrogate_width or 1.0)
 
     @property
-    def backend(self) -> str:
-        return self._backend
+    def surrogate(self) -> Surrogate:
+        """The surrogate gradient of the spike function (changes only the backward pass)."""
+        return self._surrogate
 
-    @backend.setter
-    def backend(self, value: str) -> None:
-        if value not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
-        self._backend = value
+    @surrogate.setter
+    def surrogate(self, value: Surrogate) -> None:
+        if not isinstance(value, Surrogate):
+            raise ValueError(f"surrogate must be a Surrogate (Triangle, Arctan), got {value!r}")
+        self._surrogate = value
 
     gain_form = "leak"
 
@@ -98,15 +104,14 @@ class LIF(nn.Module):
                 f"{type(self).__name__} expects input of shape [T={self.timesteps}, B, *], "
                 f"got {tuple(current.shape)}"
             )
-        fn = lif_multistep if self.backend == "fused" else lif_multistep_reference
-        spikes, _ = fn(current, self.leak, self.threshold, self.surrogate_width, self.gains(), self.gain_form)
-        return spikes
+        state = torch.promote_types(current.dtype, torch.float32)  # fp32 state under bf16/fp16
+        gain = self.gains()
+        spikes, _ = lif_multistep_reference(current.to(state), self.leak, self.threshold, self.surrogate,
+                                            gain.to(state) if gain is not None else None, self.gain_form)
+        return spikes.to(current.dtype)
 
     def extra_repr(self) -> str:
-        return (
-            f"timesteps={self.timesteps}, leak={self.leak}, threshold={self.threshold}, "
-            f"surrogate_width={self.surrogate_width}, backend={self.backend!r}"
-        )
+        return f"timesteps={self.timesteps}, leak={self.leak}, threshold={self.threshold}, surrogate={self.surrogate}"
 
 
 class DLIF(LIF):
@@ -118,8 +123,7 @@ class DLIF(LIF):
 
     def __init__(self, timesteps: int, *args, gain_form: str = "leak", **kwargs) -> None:
         super().__init__(timesteps, *args, **kwargs)
-        if gain_form not in GAIN_FORMS:
-            raise ValueError(f"gain_form must be one of {GAIN_FORMS}, got {gain_form!r}")
+        check_gain_form(gain_form)
         self.gain_form = gain_form
         self.gain = nn.Parameter(torch.ones(timesteps))
 

@@ -38,7 +38,7 @@ def test_output_in_unit_box_and_eps_ball(name, tiny_model, batch):
 def test_model_mode_restored(name, tiny_model, batch):
     x, y = batch
     tiny_model.train()
-    tiny_model.layers[1].eval()  # a mixed state must come back exactly
+    tiny_model.features[0].bn.eval()  # a mixed state must come back exactly
     modes = [m.training for m in tiny_model.modules()]
     _run(ALL[name](), tiny_model, x, y)
     assert [m.training for m in tiny_model.modules()] == modes

@@ -176,9 +176,9 @@ def test_worst_case_row_and_records(tiny_model):
 
 def test_surrogate_width_row_is_scoped(tiny_model):
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    widths = [m.surrogate_width for _, m in spiking_layers(tiny_model)]
+    surrogates = [m.surrogate for _, m in spiking_layers(tiny_model)]
     evaluate_protocol(tiny_model, x, y, small_protocol(), batch_size=4, generator_seed=0)
-    assert [m.surrogate_width for _, m in spiking_layers(tiny_model)] == widths
+    assert [m.surrogate for _, m in spiking_layers(tiny_model)] == surrogates
 
 
 def test_runner_rejects_bad_input(tiny_model):

@@ -1,4 +1,4 @@
-"""The fast path's convolution (chunked weight gradient) and the model-level switches."""
+"""The fused backends' convolution (single-thread low-precision weight gradient) and its module."""
 from __future__ import annotations
 
 import pytest
@@ -6,8 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stable_snn.models import build_model, fast
-from stable_snn.neurons import neuron_backend
+from stable_snn.models import BACKENDS, FastConv2d, fast
+
+
+def assert_same_function(y, expected, wrt, wrt_expected):
+    """Same outputs and the same gradients of a random projection with respect to the given tensors."""
+    torch.testing.assert_close(y, expected)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad((y * g).sum(), wrt)
+    want = torch.autograd.grad((expected * g).sum(), wrt_expected)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -20,12 +29,7 @@ def test_weight_gradient_matches_conv2d(channels_last):
     x.requires_grad_(True)
     y = fast.conv2d(x, conv)
     expected = F.conv2d(x, conv.weight, conv.bias, padding=1)
-    torch.testing.assert_close(y, expected)
-    g = torch.randn_like(y)
-    got = torch.autograd.grad((y * g).sum(), [x, conv.weight, conv.bias])
-    want = torch.autograd.grad((expected * g).sum(), [x, conv.weight, conv.bias])
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b)
+    assert_same_function(y, expected, [x, conv.weight, conv.bias], [x, conv.weight, conv.bias])
 
 
 def test_conv_under_autocast_matches_autocast_conv():
@@ -45,34 +49,17 @@ def test_conv_under_autocast_matches_autocast_conv():
     assert torch.get_num_threads() == threads  # restored after the single-thread weight gradient
 
 
-def test_kernels_switch_is_validated():
-    model = build_model("vgg5", 10, 2, "lif", width=0.125, classifier_width=16)
-    assert model.kernels == "eager"
-    with pytest.raises(ValueError, match="kernels"):
-        model.kernels = "cuda"
-
-
-def test_fast_path_only_without_hooks_and_reference_neurons():
-    model = build_model("vgg5", 10, 2, "lif", width=0.125, classifier_width=16)
-    assert model.uses_fast_path()
-    with neuron_backend(model, "reference"):
-        assert not model.uses_fast_path()
-    handle = model.layers[0].register_forward_hook(lambda *a: None)
-    try:
-        assert not model.uses_fast_path()
-    finally:
-        handle.remove()
-    assert model.uses_fast_path()
-
-
-@pytest.mark.parametrize("name", ["vgg5", "wrn16"])
-def test_record_spikes_off_leaves_spikes_empty(name):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_conv_module_is_a_conv2d(backend):
+    """FastConv2d: the parameters and the function of nn.Conv2d (and its gradients) on every backend."""
     torch.manual_seed(0)
-    model = build_model(name, 10, 2, "dlif", width=0.125, classifier_width=16).eval()
-    x = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        full = model(x, return_internals=True)
-        lean = model(x, return_internals=True, record_spikes=False)
-    assert lean.spikes == ()
-    torch.testing.assert_close(lean.logits, full.logits)
-    torch.testing.assert_close(lean.last_current, full.last_current)
+    fast_conv = FastConv2d(3, 4, 3, 2, 1, bias=True).double()
+    fast_conv.backend = backend
+    plain = nn.Conv2d(3, 4, 3, 2, 1, bias=True).double()
+    plain.load_state_dict(fast_conv.state_dict())
+    x = torch.randn(5, 3, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y, expected = fast_conv(x1), plain(x2)
+    assert_same_function(y, expected, [x1, fast_conv.weight, fast_conv.bias], [x2, plain.weight, plain.bias])
+    uses_fast_grad = y.grad_fn.name() == "_ConvFastWeightGradBackward"
+    assert uses_fast_grad == (backend != "reference")

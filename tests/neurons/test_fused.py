@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stable_snn.neurons import DLIF, LIF, lif_multistep_reference
+from stable_snn.neurons import DLIF, LIF, Arctan, lif_multistep_reference
 from stable_snn.neurons.fused import fused_lif
 
 T, B, C, H, W = 4, 3, 5, 4, 6
@@ -39,22 +39,24 @@ def make(form, bn_mode, dtype=torch.float64, seed=0):
 
 
 def reference(x5, neuron, bn, pool):
-    """BatchNorm2d on [T*B, C, H, W], the per-step neuron, AvgPool2d(2): ``[T, B, C, H', W']``."""
+    """BatchNorm2d on [T*B, C, H, W], the per-step neuron, AvgPool2d(2): ``([T, B, C, H', W'], un-pooled spikes)``."""
     xr = x5.expand(T, *x5.shape[1:]).reshape(T * B, C, H, W)
     current = (bn(xr) if bn is not None else xr).reshape(T, B, C, H, W)
-    s, _ = lif_multistep_reference(current, neuron.leak, neuron.threshold, neuron.surrogate_width,
+    s, _ = lif_multistep_reference(current, neuron.leak, neuron.threshold, neuron.surrogate,
                                    neuron.gains(), neuron.gain_form)
-    return F.avg_pool2d(s.flatten(0, 1), 2).unflatten(0, (T, B)) if pool else s
+    return (F.avg_pool2d(s.flatten(0, 1), 2).unflatten(0, (T, B)) if pool else s), s
 
 
-def fused(x5, neuron, bn, pool, kernels="eager"):
+def fused(x5, neuron, bn, pool, kernels="eager", keep_full=False):
     """The same through fused_lif on the channels-last view ``[Tx, B, H, W, C]``."""
     x = x5.permute(0, 1, 3, 4, 2)
     if not pool:
         x = x.reshape(x.shape[0], -1, C)
-    out = fused_lif(x, neuron, T, bn, pool, kernels)
+    out = fused_lif(x, neuron, T, bn, pool, kernels, keep_full=keep_full)
+    out, full = out if keep_full else (out, None)
     h, w = (H // 2, W // 2) if pool else (H, W)
-    return out.reshape(T, B, h, w, C).permute(0, 1, 4, 2, 3)
+    out = out.reshape(T, B, h, w, C).permute(0, 1, 4, 2, 3)
+    return (out, full.permute(0, 1, 4, 2, 3)) if keep_full else out
 
 
 def params(x, neuron, bn):
@@ -69,7 +71,7 @@ def test_fused_matches_modules(form, bn_mode, static, pool):
     neuron, bn, g = make(form, bn_mode)
     x = (0.5 + 1.5 * torch.randn(1 if static else T, B, C, H, W, generator=g, dtype=torch.float64)).requires_grad_(True)
     bn_ref = copy.deepcopy(bn)
-    expected = reference(x, neuron, bn_ref, pool)
+    expected, _ = reference(x, neuron, bn_ref, pool)
     out = fused(x, neuron, bn, pool)
     assert out.dtype == x.dtype
     assert torch.equal(out, expected)
@@ -116,6 +118,35 @@ def test_shape_errors():
         fused_lif(torch.zeros(T, B, 3, 4, C), neuron, T, bn, pool=True)
     with pytest.raises(ValueError, match="kernels"):
         fused_lif(torch.zeros(T, B, C), neuron, T, None, False, "triton")
+
+
+@pytest.mark.parametrize("form", [None, "leak"])
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+def test_pooled_and_full_spikes_together(form, bn_mode):
+    """``keep_full``: the pooled spikes and the un-pooled ones, gradients flowing through both."""
+    neuron, bn, g = make(form, bn_mode)
+    x = (0.5 + 1.5 * torch.randn(T, B, C, H, W, generator=g, dtype=torch.float64)).requires_grad_(True)
+    bn_ref = copy.deepcopy(bn)
+    pooled, full = fused(x, neuron, bn, True, keep_full=True)
+    exp_pooled, exp_full = reference(x, neuron, bn_ref, True)
+    assert torch.equal(pooled, exp_pooled) and torch.equal(full, exp_full)
+    w1 = torch.randn(pooled.shape, generator=g, dtype=torch.float64)
+    w2 = torch.randn(full.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((pooled * w1).sum() + (full * w2).sum(), params(x, neuron, bn), retain_graph=True)
+    want = torch.autograd.grad((exp_pooled * w1).sum() + (exp_full * w2).sum(), params(x, neuron, bn_ref),
+                               retain_graph=True)
+    for got, exp in zip(grads, want):
+        torch.testing.assert_close(got, exp, rtol=1e-10, atol=1e-12)
+    (only_full,) = torch.autograd.grad((full * w2).sum(), x)  # the pooled output unused
+    (exp_only_full,) = torch.autograd.grad((exp_full * w2).sum(), x)
+    torch.testing.assert_close(only_full, exp_only_full, rtol=1e-10, atol=1e-12)
+
+
+def test_other_surrogates_are_refused_naming_the_reference_backend():
+    neuron, bn, _ = make(None, "eval", dtype=torch.float32)
+    neuron.surrogate = Arctan(2.0)
+    with pytest.raises(ValueError, match="backend='reference'"):
+        fused_lif(torch.zeros(T, B, C), neuron, T, bn)
 
 
 @pytest.mark.slow

@@ -4,12 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stable_snn.neurons import (
-    BACKENDS, DLIF, LIF, build_neuron, lif_multistep, lif_multistep_reference, neuron_backend,
-)
+from stable_snn.neurons import DLIF, LIF, build_neuron, lif_multistep_reference
+from stable_snn.neurons.fused import fused_lif
 
 LAM, THETA = 0.99, 1.0
-FUNCTIONS = {"fused": lif_multistep, "reference": lif_multistep_reference}
 
 
 def eq1_slow(current: list[list[float]], lam: float, theta: float, gain=None, form: str = "leak"):
@@ -46,13 +44,12 @@ def random_gain(T: int, seed: int) -> torch.Tensor:
     return 0.5 + torch.rand(T, generator=g, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("form", [None, "leak", "input"])
-def test_eq1_matches_slow_transcription(backend, form):
+def test_eq1_matches_slow_transcription(form):
     T, N = 12, 7
     current = random_current(T, N, seed=1)
     gain = None if form is None else random_gain(T, seed=2)
-    spikes, v = FUNCTIONS[backend](current, LAM, THETA, 1.0, gain, form or "leak")
+    spikes, v = lif_multistep_reference(current, LAM, THETA, 1.0, gain, form or "leak")
     exp_s, exp_v = eq1_slow(current.tolist(), LAM, THETA, None if gain is None else gain.tolist(), form or "leak")
     assert spikes.shape == v.shape == (T, N)
     assert torch.equal(spikes, torch.tensor(exp_s, dtype=spikes.dtype))
@@ -60,18 +57,19 @@ def test_eq1_matches_slow_transcription(backend, form):
     assert spikes.sum() > 0 and (spikes == 0).any()  # the input exercises both firing and silence
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("impl", ["module", "fused"])
 @pytest.mark.parametrize("neuron", ["lif", "dlif-leak", "dlif-input"])
-def test_module_forward_matches_slow_transcription(backend, neuron):
+def test_module_and_fused_kernel_match_slow_transcription(impl, neuron):
+    """The module (per-step math) and the fused kernel without BatchNorm, on the module's parameters."""
     T, B, C = 6, 2, 3
     name, _, form = neuron.partition("-")
     kwargs = {"gain_form": form} if form else {}
-    layer = build_neuron(name, T, leak=0.9, threshold=0.8, backend=backend, **kwargs)
+    layer = build_neuron(name, T, leak=0.9, threshold=0.8, **kwargs)
     if layer.gains() is not None:
         with torch.no_grad():
             layer.gain.copy_(random_gain(T, seed=3).float())
     current = random_current(T, B * C, seed=4).float()
-    out = layer(current.view(T, B, C))
+    out = layer(current.view(T, B, C)) if impl == "module" else fused_lif(current.view(T, B, C), layer, T)
     gain = None if layer.gains() is None else layer.gains().tolist()
     exp_s, _ = eq1_slow(current.tolist(), 0.9, 0.8, gain, form or "leak")
     assert out.shape == (T, B, C)
@@ -86,12 +84,11 @@ def test_constant_input_first_spike_time():
     assert v[4, 0].item() == pytest.approx(0.3)  # hard reset to 0, then integrate again
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("form", ["leak", "input"])
-def test_lif_equals_dlif_with_unit_gain(backend, form):
+def test_lif_equals_dlif_with_unit_gain(form):
     T = 5
-    lif = LIF(T, backend=backend)
-    dlif = DLIF(T, gain_form=form, backend=backend)
+    lif = LIF(T)
+    dlif = DLIF(T, gain_form=form)
     assert torch.equal(dlif.gain.detach(), torch.ones(T))  # initialised to 1
     x = random_current(T, 24, seed=5).float().view(T, 2, 3, 4)
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
@@ -104,22 +101,6 @@ def test_lif_equals_dlif_with_unit_gain(backend, form):
 
 
 @pytest.mark.parametrize("neuron", ["lif", "dlif"])
-def test_backends_agree_and_context_manager_restores(neuron):
-    T = 4
-    layer = build_neuron(neuron, T)
-    x = random_current(T, 10, seed=6).float()
-    fused = layer(x)
-    holder = torch.nn.Sequential(layer)
-    with neuron_backend(holder, "reference"):
-        assert layer.backend == "reference"
-        ref = layer(x)
-    assert layer.backend == "fused"
-    assert torch.equal(fused, ref)
-    with pytest.raises(ValueError, match="backend"):
-        layer.backend = "cuda-magic"
-
-
-@pytest.mark.parametrize("neuron", ["lif", "dlif"])
 @pytest.mark.parametrize("shape", [(3, 2, 4), (4,), (5, 2)])
 def test_wrong_shape_raises(neuron, shape):
     layer = build_neuron(neuron, 4)
@@ -127,10 +108,9 @@ def test_wrong_shape_raises(neuron, shape):
         layer(torch.zeros(shape))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("neuron", ["lif", "dlif"])
-def test_no_state_between_calls(backend, neuron):
-    layer = build_neuron(neuron, 4, backend=backend)
+def test_no_state_between_calls(neuron):
+    layer = build_neuron(neuron, 4)
     x = random_current(4, 8, seed=7).float()
     first = layer(x)
     layer(torch.full_like(x, 5.0))  # a very different batch in between
@@ -140,9 +120,9 @@ def test_no_state_between_calls(backend, neuron):
 def test_gain_shape_and_form_validated():
     x = torch.zeros(3, 2)
     with pytest.raises(ValueError, match="gain"):
-        lif_multistep(x, LAM, THETA, 1.0, torch.ones(4))
+        lif_multistep_reference(x, LAM, THETA, 1.0, torch.ones(4))
     with pytest.raises(ValueError, match="gain_form"):
-        lif_multistep(x, LAM, THETA, 1.0, torch.ones(3), gain_form="output")
+        lif_multistep_reference(x, LAM, THETA, 1.0, torch.ones(3), gain_form="output")
     with pytest.raises(ValueError, match="gain_form"):
         DLIF(3, gain_form="output")
     with pytest.raises(ValueError, match="neuron"):
@@ -150,9 +130,11 @@ def test_gain_shape_and_form_validated():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_fused_low_precision_keeps_fp32_state(dtype):
-    x = random_current(8, 16, seed=8).float()
-    s_low, v_low = lif_multistep(x.to(dtype), LAM, THETA, 1.0)
-    s_ref, _ = lif_multistep(x.to(dtype).float(), LAM, THETA, 1.0)
-    assert s_low.dtype == dtype and v_low.dtype == torch.float32
+def test_module_low_precision_keeps_fp32_state(dtype):
+    """In bf16/fp16 the module integrates in fp32: the spikes of the fp32 integration of the same input."""
+    layer = build_neuron("dlif", 8)
+    x = random_current(8, 16, seed=8).float().to(dtype)
+    s_low = layer(x)
+    s_ref, _ = lif_multistep_reference(x.float(), LAM, THETA, 1.0, layer.gain)
+    assert s_low.dtype == dtype
     assert torch.equal(s_low.float(), s_ref)
