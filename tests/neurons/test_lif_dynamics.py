@@ -133,8 +133,10 @@ def test_gain_shape_and_form_validated():
 def test_module_low_precision_keeps_fp32_state(dtype):
     """In bf16/fp16 the module integrates in fp32: the spikes of the fp32 integration of the same input."""
     layer = build_neuron("dlif", 8)
-    x = random_current(8, 16, seed=8).float().to(dtype)
+    x = random_current(8, 4096, seed=8).float().to(dtype)
     s_low = layer(x)
     s_ref, _ = lif_multistep_reference(x.float(), LAM, THETA, 1.0, layer.gain)
+    s_low_state, _ = lif_multistep_reference(x, LAM, THETA, 1.0, layer.gain.detach().to(dtype))
     assert s_low.dtype == dtype
     assert torch.equal(s_low.float(), s_ref)
+    assert not torch.equal(s_low_state.float(), s_ref)  # the input is one where a low-precision state differs
