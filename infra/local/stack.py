@@ -75,8 +75,8 @@ class Service:
     _proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
-                if k not in ("_proc", "reused")}
+        return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v
+                for f in dataclasses.fields(self) if f.name not in ("_proc", "reused")}
 
     @classmethod
     def from_json(cls, data: dict) -> Service:
@@ -301,10 +301,13 @@ def _spawn(root: Path, service: Service, cmd: list[str], env: dict[str, str], cw
         service._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                          cwd=str(cwd), start_new_session=True)
     service.pid, service.started_at = service._proc.pid, proc_stat(service._proc.pid)[3]
-    save(root, service)
-    if wait:
-        wait_ready(service, timeout)
+    try:
         save(root, service)
+        if wait:
+            wait_ready(service, timeout)
+    except BaseException:  # nothing started here is left running unrecorded
+        stop(service)
+        raise
     return service
 
 

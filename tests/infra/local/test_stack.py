@@ -192,3 +192,17 @@ def test_up_twice_reuses_then_down_stops_everything(stack_root, monkeypatch):
     assert ls.recorded(root) == []
     assert cli("status", "--root", str(root)).returncode == 1
     print(f"up {started_in:.1f} s, worker {worker_in:.1f} s, job {job_in:.1f} s, down {stopped_in:.1f} s")
+
+
+def test_a_pid_file_round_trips_a_started_service(tmp_path):
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        service = service_for(proc, gcs_address="127.0.0.1:1")
+        ls.save(tmp_path, service)
+        [loaded] = ls.recorded(tmp_path)
+        assert (loaded.name, loaded.pid, loaded.started_at, loaded.gcs_address) == ("test", proc.pid, service.started_at,
+                                                                                    "127.0.0.1:1")
+        assert ls.alive(loaded) and loaded._proc is None
+    finally:
+        proc.kill()
+        proc.wait()
