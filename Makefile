@@ -52,13 +52,13 @@ test-fast: $(STAMP)
 	STABLE_SNN_CIFAR10_PARQUET=$(OFFLINE_CIFAR10) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 stack-up: $(STAMP)
-	$(PY) -m jobs.local_stack up --root $(LOCAL) --dashboard-port $(RAY_DASHBOARD) --mlflow-port $(MLFLOW_PORT)
+	$(PY) -m infra.local.stack up --root $(LOCAL) --dashboard-port $(RAY_DASHBOARD) --mlflow-port $(MLFLOW_PORT)
 
 stack-status: $(STAMP)
-	$(PY) -m jobs.local_stack status --root $(LOCAL)
+	$(PY) -m infra.local.stack status --root $(LOCAL)
 
 stop: $(STAMP)
-	$(PY) -m jobs.local_stack down --root $(LOCAL)
+	$(PY) -m infra.local.stack down --root $(LOCAL)
 
 demo: stack-up
 	@RUN=quick-$$($(PY) -c 'import secrets; print(secrets.token_hex(3))'); \
@@ -79,12 +79,12 @@ demo: stack-up
 	echo "Stop the services with: make stop"
 
 benchmark: $(STAMP)
-	$(PY) -m jobs.benchmark --arch vgg5 --timesteps 8 --batch-size 32 --mode at --rho 1.0
+	$(PY) -m jobs.tools.benchmark --arch vgg5 --timesteps 8 --batch-size 32 --mode at --rho 1.0
 
 benchmark-gpu: $(STAMP)
-	$(PY) -m jobs.benchmark --arch vgg11 --timesteps 8 --batch-size 64 --mode at --rho 1.0 --device cuda \
+	$(PY) -m jobs.tools.benchmark --arch vgg11 --timesteps 8 --batch-size 64 --mode at --rho 1.0 --device cuda \
 		--precision bf16 --kernels compiled --steps 10 --warmup 3 --peaks
-	$(PY) -m jobs.benchmark --arch vgg11 --timesteps 8 --batch-size 64 --eval --device cuda \
+	$(PY) -m jobs.tools.benchmark --arch vgg11 --timesteps 8 --batch-size 64 --eval --device cuda \
 		--precision bf16 --kernels compiled --steps 5 --warmup 2
 
 clean:

@@ -1,8 +1,18 @@
-"""Typed, validated configuration of a training run, loadable from YAML.
+"""Typed, validated configuration of the science of a training run, loadable from YAML.
 
-Every field is checked in ``__post_init__``; a bad value raises :class:`ConfigError`
-naming the field, the value and what is allowed, before any data or model is built.
-Overrides use dotted names: ``apply_overrides(cfg, ["objective.rho=0.5"])``.
+Sections ``model``, ``data``, ``objective``, ``optim`` and ``validation``: what is trained, on
+what, with which loss and how it is checked.  Where a run executes (Ray resources, storage,
+tracking) is not here: the job layer adds it as a section of its own (``jobs.config``).
+
+Every field is checked in ``__post_init__``; a bad value raises :class:`ConfigError` naming the
+field, the value and what is allowed, before any data or model is built.  Names are checked
+against the registries that own them: architectures (:func:`stable_snn.models.list_models`),
+neurons and gain forms (:mod:`stable_snn.neurons`), datasets and data layouts
+(:mod:`stable_snn.data`), MS-MPPD reductions (:mod:`stable_snn.perturbation`).
+
+YAML files may start from another one: ``extends: base.yaml`` (a path relative to the file)
+takes that file's sections and overrides them field by field.  Overrides use dotted names:
+``apply_overrides(cfg, ["objective.rho=0.5"])``.
 """
 from __future__ import annotations
 
@@ -14,44 +24,50 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-ARCHS = ("vgg5", "vgg11", "wrn16")
-NEURONS = ("lif", "dlif")
-GAIN_FORMS = ("leak", "input")
-DATASETS = ("cifar10", "cifar100")
-DATA_FORMATS = ("auto", "parquet", "torchvision")
-MODES = ("natural", "gaussian", "at", "at_reg")
-REGULARIZERS = ("ms_mppd", "tasad", "std")
-REDUCTIONS = ("mean", "sum")
-PRECISIONS = ("fp32", "bf16", "fp16")
-PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+from .data import DATASETS, FORMATS, num_classes_of
+from .models import BACKENDS, SpikingNetwork, build_model, list_models
+from .neurons import GAIN_FORMS, NEURONS
+from .perturbation import REDUCTIONS
+
+# The objective (stable_snn.objective) dispatches on these names; they are defined once, here.
+MODES = ("natural", "gaussian", "at", "at_reg")  # Eqs. 16-17: no / Gaussian / RFGSM perturbation, + SNN-RAT
+REGULARIZERS = ("ms_mppd", "tasad", "std")  # Eq. 14, 12, 13 (Table 2)
+PRECISIONS = ("fp32", "bf16", "fp16")  # autocast precision of the training step
+EXTENDS = "extends"  # the YAML key naming the file a preset starts from
+
+C = TypeVar("C")
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names field, value and what is allowed."""
 
 
-def _fail(field_name: str, value: Any, allowed: str) -> None:
+def invalid(field_name: str, value: Any, allowed: str) -> None:
+    """Raise :class:`ConfigError` naming the field, the value and what is allowed."""
     raise ConfigError(f"{field_name}={value!r} is invalid: allowed {allowed}")
 
 
-def _choice(name: str, value: Any, allowed: tuple) -> None:
+def choice(name: str, value: Any, allowed) -> None:
+    """Refuse ``value`` unless it is one of ``allowed`` (any iterable of names)."""
+    allowed = tuple(allowed)
     if value not in allowed:
-        _fail(name, value, "one of " + ", ".join(map(str, allowed)))
+        invalid(name, value, "one of " + ", ".join(map(str, allowed)))
 
 
-def _range(name: str, value: Any, lo=None, hi=None, lo_open=False, hi_open=False, integer=False) -> None:
+def number(name: str, value: Any, lo=None, hi=None, lo_open=False, hi_open=False, integer=False) -> None:
+    """Refuse ``value`` unless it is a finite number (an integer with ``integer``) within the bounds."""
     kind = int if integer else (int, float)
+    what = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, kind) or (not integer and not math.isfinite(value)):
-        _fail(name, value, ("an integer" if integer else "a finite number") + _describe(lo, hi, lo_open, hi_open))
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
+        invalid(name, value, ("an integer" if integer else "a finite number") + _describe(lo, hi, lo_open, hi_open))
+    if (lo is not None and (value <= lo if lo_open else value < lo)) or (
         hi is not None and (value >= hi if hi_open else value > hi)
-    )
-    if bad:
-        _fail(name, value, ("an integer" if integer else "a number") + _describe(lo, hi, lo_open, hi_open))
+    ):
+        invalid(name, value, what + _describe(lo, hi, lo_open, hi_open))
 
 
 def _describe(lo, hi, lo_open, hi_open) -> str:
@@ -77,23 +93,26 @@ class ModelConfig:
     surrogate_width: float = 1.0
     width: float = 1.0  # multiplier of every conv width
     classifier_width: int = 4096  # VGG hidden size
+    backend: str = "eager"  # how the network runs: reference, eager or compiled (stable_snn.models.BACKENDS)
 
     def __post_init__(self) -> None:
-        _choice("model.arch", self.arch, ARCHS)
-        _choice("model.neuron", self.neuron, NEURONS)
-        _choice("model.gain_form", self.gain_form, GAIN_FORMS)
-        _range("model.timesteps", self.timesteps, lo=1, integer=True)
-        _range("model.leak", self.leak, 0.0, 1.0)
-        _range("model.threshold", self.threshold, lo=0.0, lo_open=True)
-        _range("model.surrogate_width", self.surrogate_width, lo=0.0, lo_open=True)
-        _range("model.width", self.width, lo=0.0, lo_open=True)
-        _range("model.classifier_width", self.classifier_width, lo=1, integer=True)
+        choice("model.arch", self.arch, list_models())
+        choice("model.backend", self.backend, BACKENDS)
+        choice("model.neuron", self.neuron, NEURONS)
+        choice("model.gain_form", self.gain_form, GAIN_FORMS)
+        number("model.timesteps", self.timesteps, lo=1, integer=True)
+        number("model.leak", self.leak, 0.0, 1.0)
+        number("model.threshold", self.threshold, lo=0.0, lo_open=True)
+        number("model.surrogate_width", self.surrogate_width, lo=0.0, lo_open=True)
+        number("model.width", self.width, lo=0.0, lo_open=True)
+        number("model.classifier_width", self.classifier_width, lo=1, integer=True)
 
     def build_kwargs(self) -> dict:
         """Keyword arguments of :func:`stable_snn.models.build_model` (without num_classes)."""
         kw = dict(
             timesteps=self.timesteps, neuron=self.neuron, width=self.width, leak=self.leak,
             threshold=self.threshold, surrogate_width=self.surrogate_width, gain_form=self.gain_form,
+            backend=self.backend,
         )
         if self.arch != "wrn16":
             kw["classifier_width"] = self.classifier_width
@@ -116,15 +135,15 @@ class DataConfig:
     loader_workers: int = 2
 
     def __post_init__(self) -> None:
-        _choice("data.dataset", self.dataset, DATASETS)
-        _choice("data.format", self.format, DATA_FORMATS)
-        _range("data.val_size", self.val_size, lo=1, integer=True)
+        choice("data.dataset", self.dataset, DATASETS)
+        choice("data.format", self.format, FORMATS)
+        number("data.val_size", self.val_size, lo=1, integer=True)
         if self.train_subset is not None:
-            _range("data.train_subset", self.train_subset, lo=1, integer=True)
+            number("data.train_subset", self.train_subset, lo=1, integer=True)
         if self.test_subset is not None:
-            _range("data.test_subset", self.test_subset, lo=1, integer=True)
-        _range("data.cutout", self.cutout, 0, 32, integer=True)
-        _range("data.loader_workers", self.loader_workers, lo=0, integer=True)
+            number("data.test_subset", self.test_subset, lo=1, integer=True)
+        number("data.cutout", self.cutout, 0, 32, integer=True)
+        number("data.loader_workers", self.loader_workers, lo=0, integer=True)
 
     def resolved_root(self) -> Path:
         root = self.root or os.environ.get("STABLE_SNN_DATA_ROOT") or "data"
@@ -148,17 +167,17 @@ class ObjectiveConfig:
     reg_row_min_outputs: int = 200
 
     def __post_init__(self) -> None:
-        _choice("objective.mode", self.mode, MODES)
-        _range("objective.rho", self.rho, lo=0.0)
-        _range("objective.chi", self.chi, 0.0, 1.0)
-        _choice("objective.regularizer", self.regularizer, REGULARIZERS)
-        _choice("objective.reduction", self.reduction, REDUCTIONS)
-        _range("objective.beta", self.beta, lo=0.0)
-        _range("objective.gaussian_sigma", self.gaussian_sigma, 0.0, 1.0, lo_open=True)
-        _range("objective.rfgsm_step", self.rfgsm_step, 0.0, 1.0, lo_open=True)
-        _range("objective.rfgsm_init_std", self.rfgsm_init_std, lo=0.0)
-        _range("objective.reg_row_fraction", self.reg_row_fraction, 0.0, 1.0, lo_open=True)
-        _range("objective.reg_row_min_outputs", self.reg_row_min_outputs, lo=1, integer=True)
+        choice("objective.mode", self.mode, MODES)
+        number("objective.rho", self.rho, lo=0.0)
+        number("objective.chi", self.chi, 0.0, 1.0)
+        choice("objective.regularizer", self.regularizer, REGULARIZERS)
+        choice("objective.reduction", self.reduction, REDUCTIONS)
+        number("objective.beta", self.beta, lo=0.0)
+        number("objective.gaussian_sigma", self.gaussian_sigma, 0.0, 1.0, lo_open=True)
+        number("objective.rfgsm_step", self.rfgsm_step, 0.0, 1.0, lo_open=True)
+        number("objective.rfgsm_init_std", self.rfgsm_init_std, lo=0.0)
+        number("objective.reg_row_fraction", self.reg_row_fraction, 0.0, 1.0, lo_open=True)
+        number("objective.reg_row_min_outputs", self.reg_row_min_outputs, lo=1, integer=True)
 
 
 @dataclass
@@ -173,13 +192,13 @@ class OptimConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        _range("optim.epochs", self.epochs, lo=1, integer=True)
-        _range("optim.batch_size", self.batch_size, lo=1, integer=True)
-        _range("optim.lr", self.lr, lo=0.0, lo_open=True)
-        _range("optim.momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        number("optim.epochs", self.epochs, lo=1, integer=True)
+        number("optim.batch_size", self.batch_size, lo=1, integer=True)
+        number("optim.lr", self.lr, lo=0.0, lo_open=True)
+        number("optim.momentum", self.momentum, 0.0, 1.0, hi_open=True)
         if self.weight_decay is not None:
-            _range("optim.weight_decay", self.weight_decay, lo=0.0)
-        _choice("optim.precision", self.precision, PRECISIONS)
+            number("optim.weight_decay", self.weight_decay, lo=0.0)
+        choice("optim.precision", self.precision, PRECISIONS)
 
 
 @dataclass
@@ -191,84 +210,30 @@ class ValidationConfig:
     pgd_steps: int = 10
     pgd_step_size: float = 2 / 255
     batch_size: int = 128
-    cpus: float = 1.0  # resources of the validation task
-    gpus: float = 0.0
 
     def __post_init__(self) -> None:
-        _range("validation.cpus", self.cpus, lo=0.0)
-        _range("validation.gpus", self.gpus, lo=0.0)
-        _range("validation.subset", self.subset, lo=1, integer=True)
-        _range("validation.eps", self.eps, 0.0, 1.0, lo_open=True)
-        _range("validation.pgd_steps", self.pgd_steps, lo=1, integer=True)
-        _range("validation.pgd_step_size", self.pgd_step_size, 0.0, 1.0, lo_open=True)
-        _range("validation.batch_size", self.batch_size, lo=1, integer=True)
-
-
-@dataclass
-class RunConfig:
-    """Where and how the job runs. Locations default to the environment, never to a machine."""
-
-    name: str = "run"
-    seed: int = 0
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    placement_strategy: str = "PACK"  # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
-    storage_path: str | None = None  # $STABLE_SNN_STORAGE_PATH or ~/stable-snn/runs
-    max_failures: int = 0
-    keep_checkpoints: int = 2
-    tracking_uri: str | None = None  # $MLFLOW_TRACKING_URI wins when set
-    experiment: str = "stable-snn"
-    registered_model: str | None = None  # default stable-snn-<dataset>-<arch>
-    fail_at_epoch: int | None = None  # test-only: a worker crashes once after this epoch
-    nan_at_epoch: int | None = None  # test-only: the loss becomes NaN in the middle of this epoch
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or "/" in self.name:
-            _fail("run.name", self.name, "a non-empty string without '/'")
-        _range("run.seed", self.seed, lo=0, integer=True)
-        _range("run.num_workers", self.num_workers, lo=1, integer=True)
-        _range("run.cpus_per_worker", self.cpus_per_worker, lo=0.0, lo_open=True)
-        _choice("run.placement_strategy", self.placement_strategy, PLACEMENTS)
-        _range("run.max_failures", self.max_failures, lo=-1, integer=True)
-        _range("run.keep_checkpoints", self.keep_checkpoints, lo=1, integer=True)
-        if self.fail_at_epoch is not None:
-            _range("run.fail_at_epoch", self.fail_at_epoch, lo=1, integer=True)
-        if self.nan_at_epoch is not None:
-            _range("run.nan_at_epoch", self.nan_at_epoch, lo=1, integer=True)
-
-    def resolved_storage(self) -> str:
-        path = self.storage_path or os.environ.get("STABLE_SNN_STORAGE_PATH") or "~/stable-snn/runs"
-        if "://" in path:
-            return path
-        return str(Path(path).expanduser().resolve())
-
-    def resolved_tracking_uri(self) -> str | None:
-        return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+        number("validation.subset", self.subset, lo=1, integer=True)
+        number("validation.eps", self.eps, 0.0, 1.0, lo_open=True)
+        number("validation.pgd_steps", self.pgd_steps, lo=1, integer=True)
+        number("validation.pgd_step_size", self.pgd_step_size, 0.0, 1.0, lo_open=True)
+        number("validation.batch_size", self.batch_size, lo=1, integer=True)
 
 
 @dataclass
 class TrainConfig:
+    """The science of a training run: model, data, objective, optimiser, validation."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-    def __post_init__(self) -> None:
-        if self.optim.batch_size < self.run.num_workers:
-            _fail("optim.batch_size", self.optim.batch_size, f">= run.num_workers ({self.run.num_workers})")
 
     @property
     def weight_decay(self) -> float:
         if self.optim.weight_decay is not None:
             return self.optim.weight_decay
         return 0.0 if self.objective.mode == "at_reg" else 5e-4
-
-    @property
-    def registered_model_name(self) -> str:
-        return self.run.registered_model or f"stable-snn-{self.data.dataset}-{self.model.arch}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -278,7 +243,13 @@ class TrainConfig:
         return {f"{s}.{k}": v for s, sub in self.to_dict().items() for k, v in sub.items()}
 
 
+def build_network(cfg: TrainConfig) -> SpikingNetwork:
+    """The network a config describes (weights initialised from torch's global generator)."""
+    return build_model(cfg.model.arch, num_classes=num_classes_of(cfg.data.dataset), **cfg.model.build_kwargs())
+
+
 # -- construction from dicts / YAML / overrides ----------------------------------------
+
 
 def _from_dict(cls, data: Any, prefix: str):
     if data is None:
@@ -296,11 +267,8 @@ def _from_dict(cls, data: Any, prefix: str):
     kwargs = {}
     hints = typing.get_type_hints(cls)
     for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _from_dict(hint, value, f"{prefix}.{name}" if prefix else name)
-        else:
-            kwargs[name] = _coerce(hint, value, f"{prefix}.{name}" if prefix else name)
+        hint, where = hints[name], f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _from_dict(hint, value, where) if dataclasses.is_dataclass(hint) else _coerce(hint, value, where)
     return cls(**kwargs)
 
 
@@ -325,22 +293,48 @@ def _coerce(hint, value, name: str):
     return value
 
 
-def config_from_dict(data: dict) -> TrainConfig:
-    return _from_dict(TrainConfig, data, "")
+def config_from_dict(data: dict, cls: type[C] = TrainConfig) -> C:
+    """A ``cls`` (a config dataclass of sections) from nested dicts, validated field by field."""
+    return _from_dict(cls, data, "")
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
-    """Load a YAML preset and apply ``section.field=value`` overrides (values parsed as YAML)."""
+def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
+    """The sections of a YAML config with its ``extends:`` chain resolved (the file's fields win)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{EXTENDS}: {path} extends itself (through {', '.join(map(str, _seen))})")
     with path.open() as f:
         data = yaml.safe_load(f) or {}
-    return config_from_dict(merge_overrides(data, overrides or []))
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    base = data.pop(EXTENDS, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{EXTENDS}={base!r} in {path} is invalid: allowed a path to a YAML file")
+    return merge_sections(read_yaml(path.parent / base, (*_seen, path.resolve())), data)
+
+
+def merge_sections(base: dict, top: dict) -> dict:
+    """``base`` with ``top`` laid over it, section by section and field by field."""
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for section, fields in top.items():
+        if isinstance(fields, dict) and isinstance(merged.get(section), dict):
+            merged[section].update(fields)
+        else:
+            merged[section] = fields
+    return merged
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None, cls: type[C] = TrainConfig) -> C:
+    """Load a YAML preset and apply ``section.field=value`` overrides (values parsed as YAML)."""
+    return config_from_dict(merge_overrides(read_yaml(path), overrides or []), cls)
 
 
 def merge_overrides(data: dict, overrides: list[str]) -> dict:
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    fields: dict[str, dict] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
@@ -349,16 +343,15 @@ def merge_overrides(data: dict, overrides: list[str]) -> dict:
         if len(parts) != 2:
             raise ConfigError(f"override key {key!r} must look like section.field (e.g. objective.rho)")
         section, name = parts
-        data.setdefault(section, {})
-        if not isinstance(data[section], dict):
+        if section in data and not isinstance(data[section], dict):
             raise ConfigError(f"{section} must be a mapping")
-        data[section][name] = yaml.safe_load(raw) if raw.strip() else None
-    return data
+        fields.setdefault(section, {})[name] = yaml.safe_load(raw) if raw.strip() else None
+    return merge_sections(data, fields)
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
-    return config_from_dict(merge_overrides(cfg.to_dict(), overrides))
+def apply_overrides(cfg: C, overrides: list[str]) -> C:
+    return config_from_dict(merge_overrides(cfg.to_dict(), overrides), type(cfg))
 
 
-def dump_config(cfg: TrainConfig) -> str:
+def dump_config(cfg) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -6,11 +6,11 @@ test asks for it (10-30 s on a 2-core machine) and is stopped, with its whole pr
 end of the session. Only the processes started here are stopped: other Ray instances on the host
 are left alone.
 
-- ``mlflow_server`` -> ``jobs.local_stack.Service``: ``.address`` is the tracking URI
+- ``mlflow_server`` -> ``infra.local.stack.Service``: ``.address`` is the tracking URI
   (``http://127.0.0.1:<port>``, sqlite store and local artifacts), ``.log`` the server log.
 - ``ray_head`` -> ``Service``: ``.address`` is the dashboard / job API
   (``JobSubmissionClient(address)``, ``ray job submit --address``), ``.gcs_address`` the
-  ``ip:port`` for ``ray.init(address=...)`` / ``RAY_ADDRESS``, ``.log_dir`` the session logs.
+  ``ip:port`` for ``ray.init(address=...)`` / ``RAY_ADDRESS``, ``.log`` its start-up log.
   It runs with ``RAY_AUTH_MODE=disabled`` (clients should set it too), all the machine's CPUs, and
   this interpreter first on PATH, so ``python`` in a job entrypoint is the test environment's.
   Job drivers submitted without a working dir run in the repository. It gets no MLflow settings:
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.local_stack import Service, free_port, ray_temp_dir, start_mlflow_server, start_ray_head, stop
+from infra.local.stack import Service, free_port, ray_temp_dir, start_mlflow_server, start_ray_head, stop
 
 __all__ = ["services_root", "mlflow_server", "ray_head"]
 

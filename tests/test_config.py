@@ -33,7 +33,7 @@ BAD_VALUES = [
     ("model", "timesteps", True, "an integer"),
     ("model", "leak", 1.5, "[0.0, 1.0]"),
     ("model", "threshold", 0.0, "> 0"),
-    ("model", "arch", "resnet50", "vgg5, vgg11, wrn16"),
+    ("model", "arch", "resnet50", "vgg11, vgg5, wrn16"),
     ("model", "neuron", "izhikevich", "lif, dlif"),
     ("model", "gain_form", "output", "leak, input"),
     ("data", "dataset", "mnist", "cifar10, cifar100"),
@@ -45,7 +45,6 @@ BAD_VALUES = [
     ("optim", "lr", 0.0, "> 0"),
     ("optim", "momentum", 1.0, "[0.0, 1.0)"),
     ("optim", "batch_size", 0, ">= 1"),
-    ("run", "seed", -1, ">= 0"),
 ]
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "objective": ObjectiveConfig, "optim": OptimConfig,
             "validation": ValidationConfig}
@@ -78,14 +77,6 @@ def test_overrides_are_validated(section, name, value, allowed):
     with pytest.raises(ConfigError) as err:
         apply_overrides(TrainConfig(), [f"{section}.{name}={value}"])
     _check_message(err.value, f"{section}.{name}", value, allowed)
-
-
-@pytest.mark.parametrize("workers,batch", [(4, 2), (8, 7)])
-def test_batch_smaller_than_workers(workers, batch):
-    with pytest.raises(ConfigError) as err:
-        config_from_dict({"optim": {"batch_size": batch}, "run": {"num_workers": workers}})
-    _check_message(err.value, "optim.batch_size", batch, f">= run.num_workers ({workers})")
-    assert config_from_dict({"optim": {"batch_size": workers}, "run": {"num_workers": workers}})
 
 
 @pytest.mark.parametrize("data,unknown", [
@@ -180,3 +171,66 @@ def test_scientific_notation_without_dot(text, value, tmp_path):
         config_from_dict({"model": {"arch": 5e-3}})
     with pytest.raises(ConfigError, match=r"objective\.rho='nan'"):
         apply_overrides(TrainConfig(), ["objective.rho=nan"])
+
+
+# -- choices come from the registries that own them ---------------------------------------------
+
+
+def test_arch_and_neuron_choices_follow_their_registries(monkeypatch):
+    from stable_snn.models import list_models, registry
+    from stable_snn.neurons import NEURONS, modules
+
+    monkeypatch.setitem(registry._REGISTRY, "tiny-registered", registry._REGISTRY["vgg5"])
+    monkeypatch.setitem(modules.NEURONS, "plif", NEURONS["lif"])
+    assert ModelConfig(arch="tiny-registered", neuron="plif").arch == "tiny-registered"
+    with pytest.raises(ConfigError) as err:
+        ModelConfig(arch="resnet50")
+    assert "allowed one of " + ", ".join(list_models()) in str(err.value) and "tiny-registered" in str(err.value)
+
+
+def test_name_lists_are_the_owning_modules_own_not_copies():
+    from stable_snn import config as config_module
+    from stable_snn import data, neurons, perturbation
+
+    assert config_module.DATASETS is data.DATASETS and config_module.FORMATS is data.FORMATS
+    assert config_module.GAIN_FORMS is neurons.GAIN_FORMS and config_module.NEURONS is neurons.NEURONS
+    assert config_module.REDUCTIONS is perturbation.REDUCTIONS
+
+
+def test_the_library_config_has_no_run_section():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) run; allowed: model, data, objective, optim, validation"):
+        config_from_dict({"run": {"name": "x"}})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) validation.cpus"):
+        config_from_dict({"validation": {"cpus": 1.0}})
+
+
+# -- presets that extend a base -----------------------------------------------------------------
+
+
+def _write(path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+
+
+def test_extends_overrides_the_base_field_by_field(tmp_path):
+    _write(tmp_path / "base" / "root.yaml", {"model": {"arch": "vgg5", "timesteps": 4}, "optim": {"epochs": 7}})
+    _write(tmp_path / "base" / "mid.yaml", {"extends": "root.yaml", "model": {"timesteps": 2}, "objective": {"rho": 0.5}})
+    _write(tmp_path / "leaf.yaml", {"extends": "base/mid.yaml", "objective": {"mode": "gaussian"}})
+    cfg = load_config(tmp_path / "leaf.yaml", ["optim.epochs=3"])
+    assert (cfg.model.arch, cfg.model.timesteps) == ("vgg5", 2)  # from the root, then the middle file
+    assert (cfg.objective.rho, cfg.objective.mode) == (0.5, "gaussian")
+    assert cfg.optim.epochs == 3 and cfg.optim.lr == 0.1  # the override wins; untouched defaults stay
+    assert "extends" not in dump_config(cfg)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "config file '.*nope.yaml' does not exist"),
+    ("cycle", "extends itself"),
+    ("not a path", r"extends=3 in .* is invalid: allowed a path to a YAML file"),
+])
+def test_bad_extends_is_refused(case, message, tmp_path):
+    target = {"missing": "nope.yaml", "cycle": "b.yaml", "not a path": 3}[case]
+    _write(tmp_path / "a.yaml", {"extends": target})
+    _write(tmp_path / "b.yaml", {"extends": "a.yaml"})
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "a.yaml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .backend import check_backend
-from .base import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, SpikingNetwork
+from .base import CIFAR100_MEAN, CIFAR100_STD, SpikingNetwork
 
 _REGISTRY: dict[str, Callable[..., SpikingNetwork]] = {}
 

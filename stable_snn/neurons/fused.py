@@ -35,7 +35,6 @@ call) are not computed.  Compilation failures raise; nothing falls back silently
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 KERNELS = ("eager", "compiled")

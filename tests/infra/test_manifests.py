@@ -120,15 +120,16 @@ def ray_containers(spec: dict) -> list[dict]:
 
 
 def entrypoint_problems(command: str) -> list[str]:
-    """`python -m jobs.X` needs jobs/X.py; every preset / search space named must exist."""
+    """`python -m jobs.X` needs jobs/X.py or jobs/X/__main__.py; every preset / search space named must exist."""
     problems = []
     tokens = shlex.split(command)
     modules = [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "-m"]
     if not modules:
         problems.append(f"no `python -m <module>` in {command!r}")
     for module in modules:
-        if not (REPO / (module.replace(".", "/") + ".py")).is_file():
-            problems.append(f"module {module} has no file {module.replace('.', '/')}.py")
+        path = REPO / module.replace(".", "/")
+        if not (path.with_suffix(".py").is_file() or (path / "__main__.py").is_file()):
+            problems.append(f"module {module} has no file {module.replace('.', '/')}.py nor a package with __main__.py")
     for path in re.findall(r"(?:jobs/configs|tune_spaces)/[\w.-]+\.ya?ml", command):
         if not (REPO / path).is_file():
             problems.append(f"{path} does not exist")
@@ -377,13 +378,14 @@ def test_job_dockerfile_pins_the_versions_of_pyproject():
         assert re.search(rf"^COPY\b.*\b{folder}\b", text, re.MULTILINE), f"{folder} not copied"
 
 
-def test_local_scripts_call_the_stack_with_the_repo_venv():
-    for name, command in (("up.sh", "up"), ("down.sh", "down")):
-        path = INFRA / "local" / name
-        text = path.read_text()
-        assert path.stat().st_mode & 0o111, f"{name} is not executable"
-        assert ".venv/bin/python" in text and f"-m jobs.local_stack {command}" in text
-        assert "dirname" in text, f"{name} should find the repository from its own location"
+def test_make_targets_call_the_local_stack_with_the_repo_venv():
+    makefile = (REPO / "Makefile").read_text()
+    assert "PY         := $(VENV)/bin/python" in makefile
+    for target, command in (("stack-up", "up"), ("stack-status", "status"), ("stop", "down")):
+        recipe = re.search(rf"^{re.escape(target)}:.*\n\t(.+)$", makefile, re.MULTILINE)
+        assert recipe is not None, f"no make target {target}"
+        assert recipe.group(1).startswith(f"$(PY) -m infra.local.stack {command} "), recipe.group(1)
+    assert (INFRA / "local" / "stack.py").is_file()
 
 
 # ----------------------------------------------------------------------------- hygiene
@@ -399,7 +401,7 @@ LITERAL_SECRETS = [
 
 
 def infra_files() -> list[Path]:
-    return sorted(p for p in INFRA.rglob("*") if p.is_file() and p.name != ".env")
+    return sorted(p for p in INFRA.rglob("*") if p.is_file() and p.name != ".env" and "__pycache__" not in p.parts)
 
 
 def test_no_literal_credentials_in_infra():
@@ -415,7 +417,7 @@ def test_no_literal_credentials_in_infra():
 def test_no_machine_paths_in_infra():
     hits = [
         f"{p.relative_to(REPO)}:{n}"
-        for p in [*infra_files(), REPO / "jobs" / "local_stack.py"]
+        for p in infra_files()
         for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
         if re.search(r"(?<![\w.])/(?:work|root|Users)/", line)
     ]

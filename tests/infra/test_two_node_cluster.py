@@ -1,6 +1,6 @@
 """The local stand-in for a cluster: the quick training job on two Ray nodes and the shared MLflow server.
 
-A head and a worker node are started with ``ray start`` as separate processes (``jobs.local_stack``),
+A head and a worker node are started with ``ray start`` as separate processes (``infra.local.stack``),
 one CPU and one custom resource each, on free ports under a temporary root. ``python -m jobs.train``
 then runs the quick preset (cut down) against the head with two Ray Train workers placed
 ``STRICT_SPREAD``, checkpointing into one storage folder both nodes write to, and logging to the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.local_stack import (
+from infra.local.stack import (
     Service, free_port, port_open, ray_temp_dir, start_ray_head, start_ray_worker, stop_all, wait_ready,
 )
 from tests.jobs.helpers import QUICK, TINY, job_env, run_job
@@ -37,7 +37,7 @@ OBJECT_STORE_BYTES = 128 * 1024**2  # per node; the job passes checkpoints throu
 JOB_ARGS = [
     "--config", str(QUICK), "--set", f"run.name={NAME}", "--set", f"run.registered_model={MODEL}",
     "--set", "optim.epochs=1", "--set", "run.num_workers=2", "--set", "run.placement_strategy=STRICT_SPREAD",
-    "--set", "run.cpus_per_worker=0.5", "--set", "validation.cpus=0.5",
+    "--set", "run.cpus_per_worker=0.5", "--set", "run.validation_cpus=0.5",
     "--set", "run.max_failures=0",  # a restarted worker group would muddle the placement check
     *TINY, "--set", "data.train_subset=256", "--set", "validation.pgd_steps=2",  # 4 steps per worker, a short PGD
 ]
@@ -121,7 +121,7 @@ def test_quick_job_on_two_node_cluster(tmp_path, request, cifar10, monkeypatch):
     # the run and the registered model are on the tracking server
     from mlflow import MlflowClient
 
-    from jobs.tracking import RUN_NAME_TAG
+    from jobs.tracking.runs import RUN_NAME_TAG
 
     client = MlflowClient(mlflow.address)
     exp = client.get_experiment_by_name("stable-snn")

@@ -16,11 +16,13 @@ import pytest
 import torch
 import yaml
 
-from jobs import evaluate, train, tune
-from jobs.checkpointing import (
-    CHECKSUM_FILE, RAY_SNAPSHOT, STATE_FILE, CheckpointError, load_checkpoint, save_checkpoint,
-)
-from stable_snn.config import load_config
+from jobs.checksums import CHECKSUM_FILE, write_checksums
+from jobs.config import load_job_config
+from jobs.errors import CheckpointError
+from jobs.evaluate.__main__ import main as evaluate_main
+from jobs.train.__main__ import main as train_main
+from jobs.training.checkpoints import RAY_SNAPSHOT, STATE_FILE, load_checkpoint, save_checkpoint
+from jobs.tune.__main__ import main as tune_main
 from tests.jobs.helpers import QUICK, REPO
 
 
@@ -51,19 +53,22 @@ BAD_SETTINGS = [
     (["validation.eps=0"], ["validation.eps=0.0", "allowed a number in (0.0, 1.0]"]),
     (["validation.eps=1.5"], ["validation.eps=1.5", "allowed a number in (0.0, 1.0]"]),
     (["model.timesteps=0"], ["model.timesteps=0", "allowed an integer >= 1"]),
-    (["model.arch=resnet50"], ["model.arch='resnet50'", "allowed one of vgg5, vgg11, wrn16"]),
+    (["model.arch=resnet50"], ["model.arch='resnet50'", "allowed one of vgg11, vgg5, wrn16"]),
     (["model.neuron=izhikevich"], ["model.neuron='izhikevich'", "allowed one of lif, dlif"]),
     (["data.dataset=mnist"], ["data.dataset='mnist'", "allowed one of cifar10, cifar100"]),
     (["objective.mode=trades"], ["objective.mode='trades'", "allowed one of natural, gaussian, at, at_reg"]),
     (["run.num_workers=4", "optim.batch_size=2"], ["optim.batch_size=2", "allowed >= run.num_workers (4)"]),
-    (["run.nan_at_epoch=0"], ["run.nan_at_epoch=0", "allowed an integer >= 1"]),
+    (["run.validation_cpus=-1"], ["run.validation_cpus=-1.0", "allowed a number >= 0.0"]),
+    # fault injection is a test-only plan (jobs.training.faults), never a config field
+    (["run.nan_at_epoch=2"], ["unknown key(s) run.nan_at_epoch", "allowed: run.name"]),
+    (["run.fail_at_epoch=2"], ["unknown key(s) run.fail_at_epoch"]),
 ]
 
 
 @pytest.mark.parametrize("overrides, fragments", BAD_SETTINGS, ids=[o[0] for o, _ in BAD_SETTINGS])
 def test_train_refuses_bad_settings(overrides, fragments, sandbox, capsys):
     args = ["--config", str(QUICK)] + [x for o in overrides for x in ("--set", o)]
-    assert train.main(args) == 2
+    assert train_main(args) == 2
     err = capsys.readouterr().err
     for fragment in fragments:
         assert fragment in err
@@ -76,12 +81,12 @@ def test_yaml_with_unknown_keys_is_refused(sandbox, capsys):
     preset["trainer"] = {"epochs": 3}
     path = sandbox / "typo.yaml"
     path.write_text(yaml.safe_dump(preset))
-    assert train.main(["--config", str(path)]) == 2
+    assert train_main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "unknown key(s) trainer" in err and "allowed: model, data, objective, optim, validation, run" in err
     preset.pop("trainer")
     path.write_text(yaml.safe_dump(preset))
-    assert train.main(["--config", str(path)]) == 2
+    assert train_main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "unknown key(s) objective.rhoo" in err and "objective.rho," in err
     _nothing_started(sandbox)
@@ -106,7 +111,7 @@ def test_dataset_folder_missing_or_unknown_says_how_to_get_cifar10(layout, sandb
     if layout == "unknown":
         root.mkdir()
         (root / "images.zip").write_bytes(b"not a dataset")
-    assert train.main(["--config", str(QUICK), "--set", f"data.root={root}", "--set", "data.download=false"]) == 2
+    assert train_main(["--config", str(QUICK), "--set", f"data.root={root}", "--set", "data.download=false"]) == 2
     err = capsys.readouterr().err
     assert str(root) in err
     assert ("does not exist" if layout == "missing" else "holds no known layout") in err
@@ -120,13 +125,13 @@ def test_dataset_folder_missing_or_unknown_says_how_to_get_cifar10(layout, sandb
 def test_tune_refuses_unknown_search_algorithm(sandbox, capsys):
     space = sandbox / "space.yaml"
     space.write_text(yaml.safe_dump({"name": "s", "search": "bayes", "params": {"objective.rho": {"grid": [0.0, 1.0]}}}))
-    assert tune.main(["--space", str(space), "--config", str(QUICK)]) == 2
+    assert tune_main(["--space", str(space), "--config", str(QUICK)]) == 2
     assert "search='bayes' is invalid: allowed one of grid, random, tpe" in capsys.readouterr().err
     _nothing_started(sandbox)
 
 
 def test_evaluate_refuses_unknown_protocol(sandbox, capsys):
-    assert evaluate.main(["--model-uri", "models:/m@candidate", "--protocol", "table-9"]) == 2
+    assert evaluate_main(["--model-uri", "models:/m@candidate", "--protocol", "table-9"]) == 2
     assert "unknown protocol 'table-9'; allowed: paper-table1, quick, eps-curve" in capsys.readouterr().err
     _nothing_started(sandbox)
 
@@ -135,13 +140,14 @@ def test_evaluate_refuses_unknown_protocol(sandbox, capsys):
 def test_model_uri_not_in_registry_is_refused(mlflow_server, monkeypatch, capsys):
     from mlflow import MlflowClient
 
-    from jobs.registry import ModelNotFoundError, load_registered_model
+    from jobs.errors import ModelNotFoundError
+    from jobs.tracking.models import load_registered_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.address)
     client = MlflowClient(mlflow_server.address)
     runs_before = client.search_runs([e.experiment_id for e in client.search_experiments()])
     for uri in ("models:/no-such-model@candidate", "models:/no-such-model/3"):
-        assert evaluate.main(["--model-uri", uri, "--protocol", "quick"]) == 2
+        assert evaluate_main(["--model-uri", uri, "--protocol", "quick"]) == 2
         err = capsys.readouterr().err
         assert f"model URI {uri!r} does not exist in the registry at {mlflow_server.address}" in err
         with pytest.raises(ModelNotFoundError, match="does not exist in the registry"):
@@ -154,7 +160,7 @@ def test_model_uri_not_in_registry_is_refused(mlflow_server, monkeypatch, capsys
 
 
 def _checkpoint(folder: Path) -> Path:
-    cfg = load_config(QUICK, ["model.timesteps=2"])
+    cfg = load_job_config(QUICK, ["model.timesteps=2"])
     state = {"model": {"w": torch.arange(1000, dtype=torch.float32)}, "epoch": 1, "history": [{"epoch": 1, "train_loss": 2.3}]}
     return save_checkpoint(folder, state, cfg)
 
@@ -190,8 +196,6 @@ def test_intact_checkpoint_loads_weights_only(tmp_path):
 
 def test_checkpoint_holding_code_is_refused(tmp_path):
     """A state file that needs unpickling beyond tensors (here: a class instance), with matching checksums."""
-    from jobs.checkpointing import write_checksums
-
     folder = _checkpoint(tmp_path / "ck")
     torch.save({"model": {}, "payload": Path("/")}, folder / STATE_FILE)
     write_checksums(folder)
@@ -209,7 +213,7 @@ def test_relaunch_onto_tampered_latest_checkpoint_is_refused(sandbox, capsys):
     data = bytearray((folder / STATE_FILE).read_bytes())
     data[-10] ^= 0xFF
     (folder / STATE_FILE).write_bytes(bytes(data))
-    assert train.main(["--config", str(QUICK), "--set", f"run.name={name}"]) == 2
+    assert train_main(["--config", str(QUICK), "--set", f"run.name={name}"]) == 2
     err = capsys.readouterr().err
     assert f"checkpoint {folder}: file {STATE_FILE} does not match its recorded SHA-256 (truncated or tampered)" in err
     assert not (sandbox / "mlflow.db").exists()
@@ -244,7 +248,7 @@ def _listening(port: int) -> set[str]:
 @pytest.mark.slow
 def test_servers_started_by_the_project_listen_on_loopback_only(mlflow_server, ray_head):
     """The MLflow server and the Ray dashboard / job API (the parts that run code or hold data) that
-    jobs.local_stack starts bind 127.0.0.1 unless told otherwise."""
+    infra.local.stack starts bind 127.0.0.1 unless told otherwise."""
     for service in (mlflow_server, ray_head):
         port = int(service.address.rsplit(":", 1)[1])
         assert _listening(port) == {"127.0.0.1"}, (service.name, _listening(port))

@@ -1,6 +1,7 @@
 """Faults the jobs survive, each caused for real: a Ray Train worker killed with SIGKILL, the driver
 killed and relaunched, the MLflow server unreachable at the start or gone in the middle of a run, a
-Tune trial losing its worker, and a loss that becomes NaN."""
+Tune trial losing its worker, and a loss that becomes NaN.  The faults inside training workers are
+caused by a test-only fault plan (``jobs.training.faults.FaultPlan``) passed in the environment."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.checkpointing import RAY_SNAPSHOT, load_checkpoint
-from jobs.local_stack import free_port, start_mlflow_server, stop
+from infra.local.stack import free_port, start_mlflow_server, stop
+from jobs.training.checkpoints import RAY_SNAPSHOT, load_checkpoint
+from jobs.training.faults import FAULT_PLAN_ENV
 from tests.jobs.helpers import QUICK, REPO, job_env
 
 # Smaller than helpers.TINY: one worker, T=2, 8 steps of 32 images per epoch (a kill lands mid-epoch),
@@ -79,7 +81,7 @@ def _client(uri):
 
 
 def _runs_named(client, name: str):
-    from jobs.tracking import RUN_NAME_TAG
+    from jobs.tracking.runs import RUN_NAME_TAG
 
     exp = client.get_experiment_by_name("stable-snn")
     if exp is None:
@@ -102,6 +104,19 @@ def _train_actors(dashboard: str, job_id: str | None = None) -> list:
 def _assert_epochs_logged_once(client, run_id: str, epochs: int) -> None:
     for key in ("train_loss", "val_robust_acc", "val_clean_acc"):
         assert _steps(client, run_id, key) == list(range(1, epochs + 1)), key
+
+
+def _assert_one_run_resumed_from(mlflow_uri: str, storage: Path, name: str, resumed_from: int, model: str) -> None:
+    """Two epochs, resumed once from ``resumed_from``: one finished MLflow run, each epoch logged once,
+    one model version."""
+    state, _ = load_checkpoint(storage / name / "checkpoint_epoch_0002")
+    assert state["resumes"] == [resumed_from]
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    client = _client(mlflow_uri)
+    runs = _runs_named(client, name)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    _assert_epochs_logged_once(client, runs[0].info.run_id, 2)
+    assert len(client.search_model_versions(f"name='{model}'")) == 1
 
 
 @pytest.fixture
@@ -133,15 +148,7 @@ def test_worker_sigkill_mid_epoch_resumes_into_same_run(tmp_path, mlflow_server,
     out = _tail(log, 20000)
     assert rc == 0, out
     assert killed_at == 1, "the kill landed after epoch 2 was checkpointed"
-    state, _ = load_checkpoint(storage / name / "checkpoint_epoch_0002")
-    assert state["resumes"] == [1]
-    assert [h["epoch"] for h in state["history"]] == [1, 2]
-
-    client = _client(mlflow_server.address)
-    runs = _runs_named(client, name)
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    _assert_epochs_logged_once(client, runs[0].info.run_id, 2)
-    assert len(client.search_model_versions("name='test-fault-sigkill'")) == 1
+    _assert_one_run_resumed_from(mlflow_server.address, storage, name, 1, "test-fault-sigkill")
 
 
 # -- 2. the driver killed and started again ------------------------------------------------------
@@ -174,15 +181,8 @@ def test_driver_killed_and_relaunched_continues_same_run(tmp_path, mlflow_server
     print(f"the killed driver's Train controller and workers were gone {gone_after:.1f} s after the kill")
     assert rc == 0, out
     assert "resuming MLflow run" in out
-    state, _ = load_checkpoint(storage / name / "checkpoint_epoch_0002")
-    assert resumed_from >= 1 and state["resumes"] == [resumed_from]
-    assert [h["epoch"] for h in state["history"]] == [1, 2]
-
-    client = _client(mlflow_server.address)
-    runs = _runs_named(client, name)
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    _assert_epochs_logged_once(client, runs[0].info.run_id, 2)
-    assert len(client.search_model_versions("name='test-fault-driver'")) == 1
+    assert resumed_from >= 1
+    _assert_one_run_resumed_from(mlflow_server.address, storage, name, resumed_from, "test-fault-driver")
 
 
 # A driver of run "busy" on the test cluster: it claims the run (driver.json), and with "hold" it
@@ -190,14 +190,15 @@ def test_driver_killed_and_relaunched_continues_same_run(tmp_path, mlflow_server
 _DRIVER = """
 import sys, time
 import ray
-from jobs import train
-from stable_snn.config import load_config
+from jobs.config import load_job_config
+from jobs.errors import RunInUseError
+from jobs.training.guard import claim_run
 
 ray.init(address=sys.argv[1])
-cfg = load_config(sys.argv[2], [f"run.storage_path={sys.argv[3]}", "run.name=busy"])
+cfg = load_job_config(sys.argv[2], [f"run.storage_path={sys.argv[3]}", "run.name=busy"])
 try:
-    train.claim_run(cfg)
-except train.RunInUseError as e:
+    claim_run(cfg)
+except RunInUseError as e:
     print(e, file=sys.stderr)
     sys.exit(2)
 
@@ -267,14 +268,16 @@ def test_unreachable_mlflow_at_start_fails_within_seconds(tmp_path):
 def test_outbox_not_sent_before_deadline_fails_naming_uri_and_keeps_metrics(tmp_path, monkeypatch):
     """The driver's final flush gives up after its deadline with a message naming the URI and the
     outbox; the parked metrics stay on disk for a relaunch."""
-    from jobs.tracking import RunLogger, TrackingUnavailableError, configure_client_retries, outbox_for
-    from jobs.train import flush_outbox
-    from stable_snn.config import load_config
+    from jobs.config import load_job_config
+    from jobs.errors import TrackingUnavailableError
+    from jobs.tracking.connect import configure_client_retries
+    from jobs.tracking.outbox import RunLogger, outbox_for
+    from jobs.training.driver import flush_outbox
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     configure_client_retries()
     uri = f"http://127.0.0.1:{free_port()}"
-    cfg = load_config(QUICK, [f"run.storage_path={tmp_path}", "run.name=outage"])
+    cfg = load_job_config(QUICK, [f"run.storage_path={tmp_path}", "run.name=outage"])
     outbox = outbox_for(cfg.run.resolved_storage(), cfg.run.name)
     logger = RunLogger(_client(uri), "0" * 32, outbox)
     assert logger.log({"train_loss": 1.0}, step=1) is False
@@ -285,34 +288,6 @@ def test_outbox_not_sent_before_deadline_fails_naming_uri_and_keeps_metrics(tmp_
     assert time.monotonic() - t0 < 60
     assert uri in str(e.value) and str(outbox) in str(e.value) and "1 metric values" in str(e.value)
     assert len(list(outbox.glob("*.json"))) == 1
-
-
-@pytest.mark.slow
-def test_run_logger_parks_metrics_while_server_is_down_and_sends_them_once(tmp_path, mlflow_server):
-    """Logged while the server does not answer: the metrics go to the outbox; once it answers, a flush
-    sends them, and an outbox batch sent twice (a crash between sending and removing it) is logged once."""
-    from jobs.tracking import RunLogger, configure_client_retries
-
-    configure_client_retries()
-    live = _client(mlflow_server.address)
-    exp = live.get_experiment_by_name("outbox-test") or live.get_experiment(live.create_experiment("outbox-test"))
-    run_id = live.create_run(exp.experiment_id).info.run_id
-    outbox = tmp_path / "outbox"
-    down = RunLogger(_client(f"http://127.0.0.1:{free_port()}"), run_id, outbox)
-    assert down.log({"train_loss": 0.5, "val_robust_acc": 0.1}, step=1) is False
-    assert down.log({"train_loss": 0.4, "val_robust_acc": 0.2}, step=2) is False
-    assert down.unsent == 4 and len(list(outbox.glob("*.json"))) == 2
-    first = sorted(outbox.glob("*.json"))[0]
-    (outbox / ("0-" + first.name)).write_text(first.read_text())  # the same batch twice
-
-    up = RunLogger(live, run_id, outbox)
-    assert up.flush(deadline_s=30, interval_s=1)
-    assert up.unsent == 0 and not list(outbox.glob("*.json"))
-    assert up.log({"train_loss": 0.3, "val_robust_acc": 0.3}, step=3)
-    assert up.log({"train_loss": 0.3, "val_robust_acc": 0.3}, step=3)  # a re-run of the same epoch
-    for key in ("train_loss", "val_robust_acc"):
-        assert _steps(live, run_id, key) == [1, 2, 3], key
-    live.set_terminated(run_id)
 
 
 @pytest.mark.slow
@@ -359,7 +334,7 @@ def test_mlflow_server_gone_mid_run_then_back(tmp_path, ray_head, cifar10, ray_e
 
 @pytest.mark.slow
 def test_tune_trial_worker_loss_resumes_and_search_completes(tmp_path, mlflow_server, ray_head, cifar10):
-    """Each of two trials loses its rank-0 worker in the middle of epoch 2 (run.fail_at_epoch): each
+    """Each of two trials loses its rank-0 worker in the middle of epoch 2 (the fault plan's crash_at_epoch): each
     resumes from its epoch-1 checkpoint, and the search completes with one child run per trial whose
     epochs are logged once."""
     space = tmp_path / "fault-grid.yaml"
@@ -369,17 +344,18 @@ def test_tune_trial_worker_loss_resumes_and_search_completes(tmp_path, mlflow_se
                                      "params": {"objective.rho": {"grid": [0.0, 1.0]}}}))
     storage = tmp_path / "storage"
     env = job_env(mlflow_server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
+    env[FAULT_PLAN_ENV] = json.dumps({"crash_at_epoch": 2})
     args = ["--space", str(space), "--config", str(QUICK), "--name", "fault-grid", "--no-register", *TINY,
             "--trial-cpus", "0.25", "--set", "run.num_workers=1", "--set", "run.cpus_per_worker=0.5",
-            "--set", "validation.cpus=0.25",
-            "--set", "optim.epochs=2", "--set", "run.fail_at_epoch=2", "--set", "run.max_failures=1",
+            "--set", "run.validation_cpus=0.25",
+            "--set", "optim.epochs=2", "--set", "run.max_failures=1",
             *cifar10.overrides()[2:]]
     out = subprocess.run([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=1200)
     log = out.stdout + out.stderr
     (tmp_path / "tune.log").write_text(log)
     assert out.returncode == 0, log[-6000:]
-    assert log.count("run.fail_at_epoch=2: killing this worker") == 2
+    assert log.count("fault plan crash_at_epoch=2: killing this worker") == 2
     assert "Trial status: 2 RUNNING" in log  # Tune's progress table: the two trials ran side by side
 
     client = _client(mlflow_server.address)
@@ -406,7 +382,8 @@ def test_nan_loss_stops_with_epoch_and_step_and_last_good_checkpoint_registers(t
     compute; jobs.register registers epoch 1 into the same MLflow run with the alias candidate."""
     name, storage = "fault-nan", tmp_path / "storage"
     env = job_env(mlflow_server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
-    args = _args(name, "--set", "optim.epochs=2", "--set", "run.nan_at_epoch=2", "--set", "run.max_failures=2",
+    env[FAULT_PLAN_ENV] = json.dumps({"nan_at_epoch": 2})
+    args = _args(name, "--set", "optim.epochs=2", "--set", "run.max_failures=2",
                  "--set", "run.registered_model=test-fault-nan", cifar10=cifar10)
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "jobs.train", *args], cwd=REPO, env=env, capture_output=True,

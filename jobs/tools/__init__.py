@@ -1,0 +1,1 @@
+"""Tools beside the jobs: ``python -m jobs.tools.benchmark``, ``jobs.tools.precision_check``, ``jobs.tools.figures``."""

@@ -1,0 +1,384 @@
+"""Benchmark the fast training step (or PGD-10 evaluation) against the reference path.
+
+    python -m jobs.tools.benchmark --arch vgg5 --timesteps 8 --batch-size 32 --mode at --rho 1.0 \\
+        [--precision bf16] [--kernels compiled] [--device cpu|cuda] [--eval] [--peaks] [--profile] [--json]
+
+Both paths start from the same weights and batch, in one process.  After ``--warmup``
+steps of each (compilation happens there), ``--steps`` warm steps are timed alternately
+(fast, reference, fast, ...) so machine noise hits both alike; the step time reported is
+the median.  The reference path is :mod:`stable_snn.reference` (fp32, the authors' loop);
+the fast path is :func:`stable_snn.objective.train_step` (``--eval``: the library's PGD)
+in ``--precision``.  Also reported: peak memory of one step of each path (CUDA: the
+allocator's peak; CPU: the peak of the profiler's allocation record), the FLOPs of one
+step counted with ``torch.utils.flop_counter``'s formulas, the GFLOP/s they make, and
+with ``--peaks`` this machine's fp32 and bf16 matmul peaks (a large ``torch.matmul``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from stable_snn.attacks import PGD
+from stable_snn.config import MODES, PRECISIONS, ObjectiveConfig
+from stable_snn.models import build_model, list_models
+from stable_snn.neurons import NEURONS
+from stable_snn.neurons.fused import KERNELS
+from stable_snn.objective import build_optimizer, perturb, train_step
+from stable_snn.reference import reference_forward, reference_pgd, reference_train_step
+
+from ..logs import setup_logging
+
+log = logging.getLogger("stable_snn.benchmark")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.tools.benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="vgg5", choices=list_models())
+    p.add_argument("--neuron", default="dlif", choices=list(NEURONS))
+    p.add_argument("--timesteps", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--width", type=float, default=1.0, help="conv width multiplier")
+    p.add_argument("--classifier-width", type=int, default=4096, help="VGG classifier hidden size")
+    p.add_argument("--mode", default="at", choices=[m for m in MODES if m != "at_reg"])  # the reference has no SNN-RAT
+    p.add_argument("--rho", type=float, default=1.0)
+    p.add_argument("--chi", type=float, default=0.5)
+    p.add_argument("--precision", default="bf16", choices=PRECISIONS, help="fast path precision")
+    p.add_argument("--attack-precision", default=None, choices=["fp32", "bf16"],
+                   help="training RFGSM's input-gradient precision (default: train_step's, bf16 with --precision bf16)")
+    p.add_argument("--kernels", default="compiled", choices=KERNELS, help="fast path neuron kernels")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--eval", action="store_true", help="benchmark PGD-10 evaluation instead of the training step")
+    p.add_argument("--pgd-steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per path")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per path first")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--peaks", action="store_true", help="measure fp32/bf16 matmul peaks in this run")
+    p.add_argument("--profile", action="store_true", help="profile one fast step: where the time goes")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory steps")
+    p.add_argument("--epoch-images", type=int, default=None,
+                   help="images in the pass whose time is estimated (default: 50000, a CIFAR-10 training epoch; "
+                        "with --eval 10000, its test set)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    args = p.parse_args(argv)
+    for name, minimum in (("steps", 1), ("warmup", 0), ("batch_size", 1), ("timesteps", 1), ("pgd_steps", 1),
+                          ("classifier_width", 1), ("epoch_images", 1)):
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            p.error(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+    if args.width <= 0:
+        p.error(f"--width must be > 0, got {args.width}")
+    if args.eval and args.precision == "fp16":
+        p.error("--eval supports --precision fp32 or bf16 (fp16 attack gradients can underflow)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch here (torch.cuda.is_available() is False); "
+                "use --device cpu")
+    if args.epoch_images is None:
+        args.epoch_images = 10000 if args.eval else 50000
+    return args
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def peak_memory_mb(fn, device: torch.device) -> float:
+    """Peak of memory allocated during ``fn()`` above what was allocated before it, in MiB."""
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def count_flops(fn) -> int:
+    """FLOPs of ``fn()`` by ``torch.utils.flop_counter``'s formulas (matmuls and convolutions).
+
+    A dispatch mode over ``flop_registry`` rather than ``FlopCounterMode`` itself, whose
+    module tracker cannot follow the attacks' ``torch.autograd.grad`` on a leaf input.
+    """
+    class Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.total += formula(*args, **kwargs, out_val=out)
+            return out
+
+    with Count() as counter:
+        fn()
+    return int(counter.total)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 4096, repeats: int = 10) -> float:
+    """Best GFLOP/s of an n x n x n matmul (best of ``repeats``: the machine's noise only slows it)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, generator=g, device=device).to(dtype)
+    b = torch.randn(n, n, generator=g, device=device).to(dtype)
+    torch.matmul(a, b)
+    best = min(timed(lambda: torch.matmul(a, b), device) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+GEMM_OPS = ("mm", "addmm", "bmm", "linear", "matmul", "conv", "convolution")
+
+
+def op_category(name: str) -> str:
+    n = name.lower()
+    if n.startswith("aten::") and any(k in n for k in GEMM_OPS) and "backward" not in n.replace("convolution_backward", ""):
+        return "matmul/conv"
+    if "compiled" in n or "torch-compiled" in n or "graph" in n or n.startswith("cpp_fused") or "inductor" in n:
+        return "fused neuron kernels"
+    if "batch_norm" in n:
+        return "batchnorm"
+    if "pool" in n:
+        return "pooling"
+    if any(k in n for k in ("copy_", "to_copy", "_to", "clone", "contiguous", "cat", "stack")):
+        return "copies/casts"
+    if n.startswith("aten::"):
+        return "other aten (elementwise, reductions)"
+    return "python/autograd overhead"
+
+
+def profile_step(fn, device: torch.device, top: int = 15) -> dict:
+    """Self time by op category and the top ops, for one call of ``fn``."""
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    rows = [(e.key, getattr(e, key) / 1e3, e.count) for e in prof.key_averages()]
+    total = sum(r[1] for r in rows) or 1.0
+    cats: dict[str, float] = defaultdict(float)
+    for name, ms, _ in rows:
+        cats[op_category(name)] += ms
+    return {
+        "total_ms": round(total, 1),
+        "by_category_ms": {k: round(v, 1) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+        "top_ops": [{"op": n, "self_ms": round(ms, 1), "calls": c}
+                    for n, ms, c in sorted(rows, key=lambda r: -r[1])[:top]],
+    }
+
+
+# -- the two paths ------------------------------------------------------------------------
+
+def build(args, device: torch.device):
+    torch.manual_seed(args.seed)  # the job's seed: weights of both paths
+    model = build_model(args.arch, 10, args.timesteps, args.neuron, width=args.width,
+                        classifier_width=args.classifier_width).to(device)
+    g = torch.Generator(device="cpu").manual_seed(args.seed + 1)
+    images = torch.rand(args.batch_size, 3, 32, 32, generator=g).to(device)
+    labels = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
+    fast = copy.deepcopy(model)
+    fast.backend = args.kernels
+    return model, fast, images, labels
+
+
+def train_paths(args, device, reference_model, fast_model, images, labels):
+    cfg = ObjectiveConfig(mode=args.mode, rho=args.rho, chi=args.chi)
+
+    # the fast path's optimizer is the library's (fused SGD); the reference's the authors' plain SGD
+    opt_fast = build_optimizer(fast_model, 0.1, 0.9, 5e-4)
+    opt_ref = torch.optim.SGD(reference_model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    gen_fast = torch.Generator(device=device).manual_seed(args.seed + 2)
+    gen_ref = torch.Generator(device=device).manual_seed(args.seed + 2)
+    losses = {}
+
+    def fast():
+        stats = train_step(fast_model, opt_fast, images, labels, cfg, generator=gen_fast, precision=args.precision,
+                           attack_precision=args.attack_precision)
+        losses.setdefault("fast", stats.loss)
+
+    def reference():
+        terms = reference_train_step(reference_model, opt_ref, images, labels, cfg, generator=gen_ref)
+        losses.setdefault("reference", terms["total"])
+
+    return fast, reference, losses
+
+
+def eval_paths(args, device, reference_model, fast_model, images, labels):
+    reference_model.eval()
+    fast_model.eval()
+    attack = PGD(eps=8 / 255, alpha=2 / 255, steps=args.pgd_steps)
+    gen_fast = torch.Generator(device=device).manual_seed(args.seed + 3)
+    gen_ref = torch.Generator(device=device).manual_seed(args.seed + 3)
+    precision = "bf16" if args.precision == "bf16" else "fp32"
+    correct = {}
+
+    def fast():
+        adv = perturb(attack, fast_model, images, labels, gen_fast, precision)
+        with torch.no_grad():
+            correct.setdefault("fast", int((fast_model(adv).mean(0).argmax(1) == labels).sum()))
+
+    def reference():
+        adv = reference_pgd(reference_model, images, labels, steps=args.pgd_steps, generator=gen_ref)
+        with torch.no_grad():
+            correct.setdefault("reference", int((reference_forward(reference_model, adv).mean(0).argmax(1) == labels).sum()))
+
+    return fast, reference, correct
+
+
+def time_alternately(args, fast, reference, device: torch.device) -> dict[str, list[float]]:
+    """``--warmup`` untimed steps of each path, then ``--steps`` timed ones, alternating."""
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        fast()
+        reference()
+    log.info("warm-up done in %.1f s", time.perf_counter() - t0)
+    times = {"fast": [], "reference": []}
+    for i in range(args.steps):
+        times["fast"].append(timed(fast, device))
+        times["reference"].append(timed(reference, device))
+        log.info("step %d: fast %.3f s, reference %.3f s", i + 1, times["fast"][-1], times["reference"][-1])
+    return times
+
+
+def settings(args) -> dict:
+    """What was benchmarked, as reported."""
+    train = not args.eval
+    return {
+        "benchmark": "train_step" if train else "pgd_eval",
+        "arch": args.arch, "neuron": args.neuron, "timesteps": args.timesteps, "batch_size": args.batch_size,
+        "width": args.width, "classifier_width": args.classifier_width,
+        "mode": args.mode if train else None, "rho": args.rho if train else None,
+        "chi": args.chi if train else None, "pgd_steps": None if train else args.pgd_steps,
+        "device": args.device, "threads": torch.get_num_threads(), "precision": args.precision,
+        "attack_precision": (args.attack_precision or ("bf16" if args.precision == "bf16" else "fp32")) if train else None,
+        "kernels": args.kernels, "steps": args.steps, "warmup": args.warmup,
+        "paths": {"fast": "stable_snn.objective.train_step" if train else "stable_snn.attacks.PGD",
+                  "reference": "stable_snn.reference"},
+        "epoch_images": args.epoch_images,
+    }
+
+
+def speeds(times: dict[str, list[float]], batch: int, epoch_images: int) -> dict:
+    """Median step times, images/s, the speedup and the estimated pass over ``epoch_images``."""
+    fast_s, ref_s = statistics.median(times["fast"]), statistics.median(times["reference"])
+    return {
+        "fast_step_s": fast_s, "reference_step_s": ref_s,
+        "fast_step_times_s": times["fast"], "reference_step_times_s": times["reference"],
+        "fast_images_per_s": batch / fast_s, "reference_images_per_s": batch / ref_s,
+        "speedup": ref_s / fast_s,
+        "fast_epoch_min": epoch_images * fast_s / batch / 60, "reference_epoch_min": epoch_images * ref_s / batch / 60,
+    }
+
+
+def flops(args, device, make, reference_model, fast_model, images, labels, out: dict) -> dict:
+    """FLOPs per step and GFLOP/s of both paths (with ``--peaks``, against this machine's matmul peaks).
+    Counted on eager copies: compiled kernels hold no matmuls, and the matmul FLOPs are the same."""
+    counting = copy.deepcopy(fast_model)
+    counting.backend = "eager"
+    count_fast, count_ref, _ = make(args, device, copy.deepcopy(reference_model), counting, images, labels)
+    res = {"fast_gflop_per_step": count_flops(count_fast) / 1e9, "reference_gflop_per_step": count_flops(count_ref) / 1e9}
+    res["fast_gflop_per_s"] = res["fast_gflop_per_step"] / out["fast_step_s"]
+    res["reference_gflop_per_s"] = res["reference_gflop_per_step"] / out["reference_step_s"]
+    if args.peaks:
+        res["peak_fp32_gflop_per_s"] = matmul_peak(torch.float32, device)
+        res["peak_bf16_gflop_per_s"] = matmul_peak(torch.bfloat16, device)
+        low = "peak_bf16_gflop_per_s" if args.precision != "fp32" else "peak_fp32_gflop_per_s"
+        res["fast_fraction_of_peak"] = res["fast_gflop_per_s"] / res[low]
+        res["reference_fraction_of_fp32_peak"] = res["reference_gflop_per_s"] / res["peak_fp32_gflop_per_s"]
+    return res
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reference_model, fast_model, images, labels = build(args, device)
+    # BatchNorm statistics of a trained-like model for the eval benchmark: one pass on the batch
+    if args.eval:
+        with torch.no_grad():
+            reference_model.train()(images)
+            fast_model.load_state_dict(reference_model.state_dict())
+    make = eval_paths if args.eval else train_paths
+    fast, reference, first = make(args, device, reference_model, fast_model, images, labels)
+    out = settings(args) | speeds(time_alternately(args, fast, reference, device), args.batch_size, args.epoch_images)
+    what = "adv_correct" if args.eval else "first_loss"
+    out[f"fast_{what}"], out[f"reference_{what}"] = first.get("fast"), first.get("reference")
+    if not args.no_memory:
+        out["fast_peak_mb"] = peak_memory_mb(fast, device)
+        out["reference_peak_mb"] = peak_memory_mb(reference, device)
+        out["memory_ratio"] = out["fast_peak_mb"] / out["reference_peak_mb"]
+    out |= flops(args, device, make, reference_model, fast_model, images, labels, out)
+    if args.profile:
+        out["fast_profile"] = profile_step(fast, device)
+        out["reference_profile"] = profile_step(reference, device)
+    return out
+
+
+def report(out: dict) -> str:
+    what = "PGD-%d evaluation" % out["pgd_steps"] if out["benchmark"] == "pgd_eval" else "training step (mode %s)" % out["mode"]
+    lines = [
+        f"{out['arch']} T={out['timesteps']} batch {out['batch_size']} {what} on {out['device']} "
+        f"({out['threads']} threads), fast path in {out['precision']} with {out['kernels']} kernels",
+        f"  fast:      {out['fast_step_s']:.3f} s/step  {out['fast_images_per_s']:.1f} images/s",
+        f"  reference: {out['reference_step_s']:.3f} s/step  {out['reference_images_per_s']:.1f} images/s",
+        f"  speedup:   {out['speedup']:.2f}x",
+        f"  estimated pass over {out['epoch_images']} images: fast {out['fast_epoch_min']:.1f} min, "
+        f"reference {out['reference_epoch_min']:.1f} min",
+    ]
+    if "fast_peak_mb" in out:
+        lines.append(f"  peak memory: fast {out['fast_peak_mb']:.0f} MiB, reference {out['reference_peak_mb']:.0f} MiB "
+                     f"(ratio {out['memory_ratio']:.2f})")
+    lines.append(f"  FLOPs/step: fast {out['fast_gflop_per_step']:.1f} GFLOP ({out['fast_gflop_per_s']:.0f} GFLOP/s), "
+                 f"reference {out['reference_gflop_per_step']:.1f} GFLOP ({out['reference_gflop_per_s']:.0f} GFLOP/s)")
+    if "peak_fp32_gflop_per_s" in out:
+        lines.append(f"  matmul peaks: fp32 {out['peak_fp32_gflop_per_s']:.0f} GFLOP/s, bf16 {out['peak_bf16_gflop_per_s']:.0f} GFLOP/s; "
+                     f"fast at {100 * out['fast_fraction_of_peak']:.0f}% of its precision's peak, reference at "
+                     f"{100 * out['reference_fraction_of_fp32_peak']:.0f}% of fp32's")
+    for path in ("fast", "reference"):
+        prof = out.get(f"{path}_profile")
+        if prof:
+            cats = ", ".join(f"{k} {v:.0f} ms" for k, v in prof["by_category_ms"].items())
+            lines.append(f"  {path} profile ({prof['total_ms']:.0f} ms self time): {cats}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging(logging.WARNING if args.json else logging.INFO)
+    out = run(args)
+    print(json.dumps(out) if args.json else report(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The Ray Tune search: its MLflow run (the parent of the trials' runs) and its Tuner."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from stable_snn.config import ConfigError
+
+from ..config import JobConfig
+from ..tracking.runs import create_run, experiment_id, find_run, log_params
+from ..training.checkpoints import run_path
+from .space import SearchSpace
+from .trial import trial
+
+
+def open_parent_run(client, base: JobConfig, name: str, space_path: Path, resume: bool) -> str:
+    """The search's MLflow run: created with the base config as ``base.*`` params and the space file,
+    or, with ``resume``, the existing one reopened."""
+    exp = experiment_id(client, base.run.experiment)
+    existing = find_run(client, exp, name, job="tune")
+    if existing is not None:
+        if not resume:
+            raise ConfigError(f"a search named {name!r} exists (MLflow run {existing.info.run_id}); use --resume or --name")
+        client.update_run(existing.info.run_id, status="RUNNING")
+        return existing.info.run_id
+    if resume:
+        raise ConfigError(f"--resume: no search named {name!r} in experiment {base.run.experiment!r}")
+    run_id = create_run(client, exp, name, "tune")
+    log_params(client, run_id, {f"base.{k}": v for k, v in base.flat().items()})
+    client.log_artifact(run_id, str(space_path))
+    return run_id
+
+
+def param_space(space: SearchSpace) -> dict:
+    """Tune's ``param_space`` (grid_search / choice / uniform / loguniform)."""
+    kinds = {"grid": lambda v: tune.grid_search(list(v)), "choice": lambda v: tune.choice(list(v)),
+             "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
+    return {p.key: kinds[p.kind](p.values) for p in space.params}
+
+
+def build_tuner(space: SearchSpace, base: JobConfig, name: str, parent_run_id: str, tracking_uri: str,
+                trial_cpus: float, resume: bool) -> tune.Tuner:
+    """A new Tuner over ``space``, or with ``resume`` the interrupted one restored from the storage path."""
+    trainable = tune.with_resources(
+        tune.with_parameters(trial, base=base.to_dict(), space=space, search=name, parent_run_id=parent_run_id,
+                             tracking_uri=tracking_uri),
+        {"CPU": trial_cpus},
+    )
+    path = run_path(base.run.resolved_storage(), name)
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError(f"--resume: no Tune experiment to restore at {path}")
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    if tune.Tuner.can_restore(path):
+        raise ConfigError(f"a Tune experiment exists at {path}; use --resume or another --name")
+    search_alg = OptunaSearch(seed=base.run.seed) if space.search == "tpe" else None
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=base.optim.epochs, grace_period=1, reduction_factor=2)
+                 if space.scheduler == "asha" else None)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, num_samples=space.num_samples,
+            max_concurrent_trials=space.max_concurrent_trials, search_alg=search_alg, scheduler=scheduler,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=base.run.resolved_storage(),
+            failure_config=tune.FailureConfig(max_failures=max(base.run.max_failures, 0)),
+        ),
+    )

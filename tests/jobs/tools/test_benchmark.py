@@ -1,0 +1,73 @@
+"""jobs.tools.benchmark: a tiny run of the training-step and PGD benchmarks prints one parsable JSON object."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+TINY = ["--width", "0.25", "--classifier-width", "32", "--timesteps", "2", "--batch-size", "4",
+        "--steps", "1", "--warmup", "0", "--kernels", "eager", "--json"]
+
+
+def run_benchmark(*extra: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "jobs.tools.benchmark", *TINY, *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_benchmark_json(precision):
+    out = run_benchmark("--precision", precision, "--mode", "at", "--rho", "1.0")
+    assert out["benchmark"] == "train_step"
+    assert set(out["paths"]) == {"fast", "reference"}
+    for key in ("fast_images_per_s", "reference_images_per_s", "speedup", "fast_peak_mb", "reference_peak_mb",
+                "fast_step_s", "reference_step_s", "fast_gflop_per_step", "reference_gflop_per_step"):
+        assert isinstance(out[key], float) and out[key] > 0, key
+    # the reference does one more forward (the wasted pass) and runs conv1 T times
+    assert out["reference_gflop_per_step"] > out["fast_gflop_per_step"]
+    # the epoch estimate follows from the measured step time
+    assert out["epoch_images"] == 50000
+    assert out["fast_epoch_min"] == pytest.approx(50000 / out["fast_images_per_s"] / 60)
+    if precision == "fp32":  # same weights, batch and noise: the first losses agree
+        assert out["fast_first_loss"] == pytest.approx(out["reference_first_loss"], rel=1e-4)
+
+
+def test_eval_benchmark_json():
+    out = run_benchmark("--eval", "--pgd-steps", "2", "--precision", "fp32", "--no-memory")
+    assert out["benchmark"] == "pgd_eval" and out["pgd_steps"] == 2
+    assert set(out["paths"]) == {"fast", "reference"}
+    assert out["fast_images_per_s"] > 0 and out["reference_images_per_s"] > 0
+    assert out["fast_adv_correct"] == out["reference_adv_correct"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--batch-size", "-1"], "--batch-size must be >= 1"),
+    (["--width", "0"], "--width must be > 0"),
+    (["--eval", "--precision", "fp16"], "--eval supports --precision fp32 or bf16"),
+    (["--arch", "resnet18"], "invalid choice: 'resnet18'"),
+])
+def test_bad_arguments_are_refused_before_any_work(args, message):
+    proc = subprocess.run([sys.executable, "-m", "jobs.tools.benchmark", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "step 1" not in proc.stderr  # nothing was timed
+
+
+def test_cuda_without_a_device_is_refused():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    proc = subprocess.run([sys.executable, "-m", "jobs.tools.benchmark", "--device", "cuda"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--device cuda: no CUDA device" in proc.stderr

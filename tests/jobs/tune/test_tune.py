@@ -1,0 +1,169 @@
+"""The Tune job: space validation (fast) and a real search on a real Ray cluster and MLflow server (slow)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from jobs.config import load_job_config
+from jobs.tune.search import param_space
+from jobs.tune.space import SpaceError, load_space, parse_space
+from jobs.tune.trial import trial_config
+from tests.jobs.helpers import QUICK, REPO, job_env
+
+SPACES = sorted((REPO / "tune_spaces").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_job_config(QUICK)
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_every_shipped_space_parses_and_validates(path, base):
+    space = load_space(path, base)
+    assert space.name == path.stem
+    assert space.params
+    tune_space = param_space(space)
+    assert set(tune_space) == {p.key for p in space.params}
+
+
+def test_shipped_spaces_cover_the_paper(base):
+    names = {p.stem for p in SPACES}
+    assert {"rho-grid", "rho-chi", "reg-strength", "table2"} <= names
+    grid = load_space(REPO / "tune_spaces" / "rho-grid.yaml", base)
+    assert grid.params[0].values == (0.0, 0.5, 1.0, 2.0)
+    t2 = load_space(REPO / "tune_spaces" / "table2.yaml", base)
+    assert {p.key for p in t2.params} == {"model.neuron", "objective.regularizer"} and t2.fixed["objective.rho"] == 1.0
+
+
+GOOD = {"name": "s", "search": "grid", "params": {"objective.rho": {"grid": [0.0, 1.0]}}}
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"search": "bayes"}, "search='bayes' is invalid: allowed one of grid, random, tpe"),
+        ({"scheduler": "pbt"}, "scheduler='pbt' is invalid"),
+        ({"num_samples": 0}, "num_samples=0 is invalid"),
+        ({"metric": "loss"}, "metric='loss' is invalid"),
+        ({"params": {"objective.rho": {"grid": [-1.0, 1.0]}}}, "objective.rho=-1.0 is invalid"),
+        ({"params": {"objective.chi": {"grid": [0.5, 1.5]}}}, "objective.chi=1.5 is invalid"),
+        ({"params": {"objective.rhoo": {"grid": [1.0]}}}, "objective.rhoo is not a training config field"),
+        ({"params": {"run.seed": {"grid": [1]}}}, "run.* fields are set per trial"),
+        ({"params": {"objective.rho": {"normal": [0, 1]}}}, "allowed one of grid, choice, uniform, loguniform"),
+        ({"search": "random"}, "use {choice: [...]}"),
+        ({"search": "tpe", "params": {"objective.beta": {"loguniform": [0.0, 1.0]}}}, "bounds > 0"),
+        ({"extra": 1}, "unknown key(s) extra"),
+        ({"fixed": {"objective.mode": "adversarial"}}, "objective.mode='adversarial' is invalid"),
+    ],
+)
+def test_bad_spaces_fail_before_anything_runs(patch, message, base):
+    with pytest.raises(SpaceError) as e:
+        parse_space({**GOOD, **patch}, base)
+    assert message in str(e.value)
+
+
+def test_a_trial_config_applies_the_fixed_fields_then_the_drawn_values(base):
+    """Every trial runs with the space's ``fixed`` block (reg-strength: mode at_reg) and its draw."""
+    space = load_space(REPO / "tune_spaces" / "reg-strength.yaml", base)
+    assert base.objective.mode == "at" and space.fixed == {"objective.mode": "at_reg"}
+    cfg = trial_config(space, base, {"objective.beta": 0.002, "objective.rho": 0.0}, "reg-strength", "abc_00001")
+    assert (cfg.objective.mode, cfg.objective.beta, cfg.objective.rho) == ("at_reg", 0.002, 0.0)
+    assert cfg.run.name == "reg-strength-abc_00001"
+    assert cfg.model == base.model and cfg.optim == base.optim  # the rest is the base's
+    drawn_over_fixed = parse_space({**GOOD, "fixed": {"objective.rho": 1.0}}, base)
+    assert trial_config(drawn_over_fixed, base, {"objective.rho": 0.0}, "s", "t").objective.rho == 0.0
+
+
+def test_param_space_maps_each_distribution(base):
+    space = parse_space({"name": "s", "search": "random", "params": {
+        "objective.rho": {"uniform": [0.0, 2.0]}, "objective.beta": {"loguniform": [1e-4, 1e-2]},
+        "model.neuron": {"choice": ["lif", "dlif"]}}}, base)
+    tuned = param_space(space)
+    assert (tuned["objective.rho"].lower, tuned["objective.rho"].upper) == (0.0, 2.0)
+    assert (tuned["objective.beta"].lower, tuned["objective.beta"].upper) == (1e-4, 1e-2)
+    assert type(tuned["objective.beta"].get_sampler()).__name__ == "_LogUniform"  # ray.tune.search.sample
+    assert tuned["model.neuron"].categories == ["lif", "dlif"]
+    grid = param_space(parse_space(GOOD, base))
+    assert grid["objective.rho"] == {"grid_search": [0.0, 1.0]}
+
+
+def test_score_uses_weighted_objective(base):
+    space = parse_space({**GOOD, "objective": {"val_robust_acc": 1.0, "val_clean_acc": 0.5}}, base)
+    assert space.score({"val_robust_acc": 0.2, "val_clean_acc": 0.6}) == pytest.approx(0.5)
+    plain = parse_space(GOOD, base)
+    assert plain.score({"val_robust_acc": 0.3}) == pytest.approx(0.3)
+
+
+TRIAL = [
+    "--set", "run.num_workers=1", "--set", "run.cpus_per_worker=0.5", "--set", "optim.epochs=1",
+    "--set", "model.timesteps=2", "--set", "data.train_subset=256", "--set", "data.val_size=128",
+    "--set", "validation.subset=32", "--set", "validation.batch_size=32", "--set", "run.registered_model=test-tune",
+]
+
+
+def _children(client, parent_id):
+    exp = client.get_experiment_by_name("stable-snn")
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+@pytest.mark.slow
+def test_rho_grid_interrupted_and_resumed(tmp_path, mlflow_server, ray_head, cifar10):
+    """rho-grid on a tiny preset: killed after two finished trials, resumed with --resume, completes with
+    exactly one child run per trial under one parent, and the best trial's checkpoint registered."""
+    from mlflow import MlflowClient
+
+    env = job_env(mlflow_server.address, tmp_path / "storage", cifar10.root, ray_address=ray_head.gcs_address)
+    # the shipped grid, two trials at a time (one CPU each: driver, one worker, validation)
+    space = yaml.safe_load((REPO / "tune_spaces" / "rho-grid.yaml").read_text()) | {"max_concurrent_trials": 2}
+    (tmp_path / "rho-grid.yaml").write_text(yaml.safe_dump(space))
+    args = ["--space", str(tmp_path / "rho-grid.yaml"), "--config", str(QUICK), "--name", "grid-test", *TRIAL,
+            "--trial-cpus", "0.25", "--set", "run.validation_cpus=0.25", *cifar10.overrides()[2:]]
+    client = MlflowClient(mlflow_server.address)
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    parent = None
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(2)
+            exp = client.get_experiment_by_name("stable-snn")
+            if exp is None:
+                continue
+            parents = client.search_runs([exp.experiment_id], filter_string="tags.`stable_snn.run_name` = 'grid-test'")
+            if parents:
+                parent = parents[0].info.run_id
+                if sum(r.info.status == "FINISHED" for r in _children(client, parent)) >= 2:
+                    break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        output = proc.communicate(timeout=60)[0]
+    assert parent is not None, output[-4000:]
+    assert proc.returncode not in (0, None) or len(_children(client, parent)) == 4, output[-4000:]
+    time.sleep(5)  # let the cluster notice the driver's death and clean up its actors
+
+    out = subprocess.run([sys.executable, "-m", "jobs.tune", *args, "--resume"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
+    children = _children(client, parent)
+    trial_ids = [r.data.tags["stable_snn.trial_id"] for r in children]
+    assert len(children) == 4 and len(set(trial_ids)) == 4, trial_ids
+    assert sorted(float(r.data.params["objective.rho"]) for r in children) == [0.0, 0.5, 1.0, 2.0]
+    assert all(r.info.status == "FINISHED" for r in children)
+    for r in children:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_robust_acc")] == [1]
+    parent_run = client.get_run(parent)
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {"rho-grid.yaml", "trials.csv", "trials.md", "clean_vs_robust.png", "best_config.yaml"} <= artifacts
+    # the registered version is the trial with the best validation robust accuracy
+    best = max(children, key=lambda r: (r.data.metrics["val_robust_acc"]))
+    mv = client.get_model_version_by_alias("test-tune", "candidate")
+    assert float(mv.tags["val_robust_acc"]) == pytest.approx(best.data.metrics["val_robust_acc"], abs=1e-4)
+    assert parent_run.data.metrics["best_val_robust_acc"] == pytest.approx(best.data.metrics["val_robust_acc"])
