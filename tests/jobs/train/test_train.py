@@ -1,16 +1,9 @@
 """The training job end to end on a real Ray cluster and a real MLflow tracking server."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-
-from tests.jobs.helpers import REPO, TINY, job_env
 
 pytestmark = pytest.mark.slow
 
@@ -28,24 +21,13 @@ def _run_by_name(client, name):
     return client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'")
 
 
-def test_quick_preset_submitted_with_ray_job_submit(tmp_path, mlflow_server, ray_head, cifar10):
+def test_quick_preset_submitted_with_ray_job_submit(quick_run):
     """`ray job submit` of the quick preset (1 epoch, 2 workers): run, metrics, artifacts, registered model."""
-    name = "quick-submit"
-    storage = tmp_path / "storage"
-    env = job_env(mlflow_server.address, storage, cifar10.root)
-    runtime_env = {"env_vars": {k: env[k] for k in ("MLFLOW_TRACKING_URI", "STABLE_SNN_STORAGE_PATH", "STABLE_SNN_DATA_ROOT", "RAY_AUTH_MODE")}}
-    cmd = [
-        str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_head.address,
-        "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
-        "python", "-m", "jobs.train", "--config", "jobs/configs/quick.yaml", "--set", f"run.name={name}",
-        "--set", "optim.epochs=1", "--set", "run.registered_model=test-quick", *TINY, *cifar10.overrides()[2:],
-    ]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    name, storage, out = quick_run.run_name, quick_run.storage, quick_run.output
     assert "succeeded" in (out.stdout + out.stderr).lower()
     assert f"[{name}] epoch 1/1" in out.stdout  # the per-epoch progress line
 
-    client = _client(mlflow_server.address)
+    client = _client(quick_run.tracking_uri)
     runs = _run_by_name(client, name)
     assert len(runs) == 1
     run = runs[0]
@@ -84,6 +66,6 @@ def test_quick_preset_submitted_with_ray_job_submit(tmp_path, mlflow_server, ray
         assert torch.equal(loaded.model(x), reference(x))
     import mlflow
 
-    mlflow.set_tracking_uri(mlflow_server.address)
+    mlflow.set_tracking_uri(quick_run.tracking_uri)
     pyfunc = mlflow.pyfunc.load_model("models:/test-quick@candidate")
     np.testing.assert_allclose(pyfunc.predict(x.numpy()), expected.numpy(), atol=1e-6)
