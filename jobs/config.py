@@ -64,12 +64,23 @@ class JobConfig(TrainConfig):
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        if self.optim.batch_size < self.run.num_workers:
-            invalid("optim.batch_size", self.optim.batch_size, f">= run.num_workers ({self.run.num_workers})")
+        global_batch = self.optim.batch_size * self.run.num_workers
+        if self.data.train_subset is not None and self.data.train_subset < global_batch:
+            invalid("data.train_subset", self.data.train_subset,
+                    f">= optim.batch_size x run.num_workers ({global_batch}): every worker needs a full batch")
 
     @property
     def registered_model_name(self) -> str:
         return self.run.registered_model or f"stable-snn-{self.data.dataset}-{self.model.arch}"
+
+    def derived_params(self) -> dict:
+        """What the run uses that no single field states: the weight decay, the global batch (one
+        ``optim.batch_size`` per worker, the BatchNorm batch) and the learning rate scaled to it."""
+        return {
+            "derived.weight_decay": self.weight_decay,
+            "derived.global_batch_size": self.optim.batch_size * self.run.num_workers,
+            "derived.lr": self.optim.scaled_lr(self.run.num_workers),
+        }
 
 
 def load_job_config(path: str | os.PathLike, overrides: list[str] | None = None) -> JobConfig:

@@ -8,7 +8,8 @@ Every field is checked in ``__post_init__``; a bad value raises :class:`ConfigEr
 field, the value and what is allowed, before any data or model is built.  Names are checked
 against the registries that own them: architectures (:func:`stable_snn.models.list_models`),
 neurons and gain forms (:mod:`stable_snn.neurons`), datasets and data layouts
-(:mod:`stable_snn.data`), MS-MPPD reductions (:mod:`stable_snn.perturbation`).
+(:mod:`stable_snn.data`), MS-MPPD reductions (:mod:`stable_snn.perturbation`), initialisation
+schemes (:mod:`stable_snn.models.init`) and MPPD forms (:mod:`stable_snn.neurons`).
 
 YAML files may start from another one: ``extends: base.yaml`` (a path relative to the file)
 takes that file's sections and overrides them field by field.  Overrides use dotted names:
@@ -29,14 +30,18 @@ from typing import Any, TypeVar
 import yaml
 
 from .data import DATASETS, FORMATS, num_classes_of
-from .models import BACKENDS, SpikingNetwork, build_model, list_models
-from .neurons import GAIN_FORMS, NEURONS
+import torch
+
+from .models import BACKENDS, INITS, SpikingNetwork, build_model, list_models
+from .neurons import GAIN_FORMS, MPPD_FORMS, NEURONS
 from .perturbation import REDUCTIONS
 
 # The objective (stable_snn.objective) dispatches on these names; they are defined once, here.
 MODES = ("natural", "gaussian", "at", "at_reg")  # Eqs. 16-17: no / Gaussian / RFGSM perturbation, + SNN-RAT
-REGULARIZERS = ("ms_mppd", "tasad", "std")  # Eq. 14, 12, 13 (Table 2)
-PRECISIONS = ("fp32", "bf16", "fp16")  # autocast precision of the training step
+REGULARIZERS = ("ms_mppd", "mppd_tv_l1", "tasad", "std")  # Eq. 14, its l1 form (Lai et al. 2026), Eqs. 12, 13
+MPPD_REGULARIZERS = ("ms_mppd", "mppd_tv_l1")  # computed from the last layer's input current (no spikes needed)
+PRECISIONS = ("fp32", "bf16", "fp16")  # autocast precision of the training step (fp16 with loss scaling)
+LR_SCALINGS = ("linear", "none")  # how optim.lr follows the number of data-parallel workers
 EXTENDS = "extends"  # the YAML key naming the file a preset starts from
 
 C = TypeVar("C")
@@ -94,10 +99,12 @@ class ModelConfig:
     width: float = 1.0  # multiplier of every conv width
     classifier_width: int = 4096  # VGG hidden size
     backend: str = "eager"  # how the network runs: reference, eager or compiled (stable_snn.models.BACKENDS)
+    init: str = "authors"  # weight initialisation: the authors' (Kaiming fan_out, biased VGG convs) or PyTorch's
 
     def __post_init__(self) -> None:
         choice("model.arch", self.arch, list_models())
         choice("model.backend", self.backend, BACKENDS)
+        choice("model.init", self.init, INITS)
         choice("model.neuron", self.neuron, NEURONS)
         choice("model.gain_form", self.gain_form, GAIN_FORMS)
         number("model.timesteps", self.timesteps, lo=1, integer=True)
@@ -112,7 +119,7 @@ class ModelConfig:
         kw = dict(
             timesteps=self.timesteps, neuron=self.neuron, width=self.width, leak=self.leak,
             threshold=self.threshold, surrogate_width=self.surrogate_width, gain_form=self.gain_form,
-            backend=self.backend,
+            backend=self.backend, init=self.init,
         )
         if self.arch != "wrn16":
             kw["classifier_width"] = self.classifier_width
@@ -159,6 +166,7 @@ class ObjectiveConfig:
     chi: float = 0.5
     regularizer: str = "ms_mppd"
     reduction: str = "mean"
+    mppd_leak: str = "lambda"  # "lambda": the authors' MPPD (lam, pre-gain current); "dlif": the DLIF dynamics, gains detached
     beta: float = 5e-4  # SNN-RAT strength, used in mode at_reg
     gaussian_sigma: float = 8 / 255
     rfgsm_step: float = 4 / 255
@@ -172,6 +180,7 @@ class ObjectiveConfig:
         number("objective.chi", self.chi, 0.0, 1.0)
         choice("objective.regularizer", self.regularizer, REGULARIZERS)
         choice("objective.reduction", self.reduction, REDUCTIONS)
+        choice("objective.mppd_leak", self.mppd_leak, MPPD_FORMS)
         number("objective.beta", self.beta, lo=0.0)
         number("objective.gaussian_sigma", self.gaussian_sigma, 0.0, 1.0, lo_open=True)
         number("objective.rfgsm_step", self.rfgsm_step, 0.0, 1.0, lo_open=True)
@@ -182,7 +191,13 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with cosine decay (PROTOCOL.md). ``weight_decay`` None means 5e-4, or 0 in at_reg."""
+    """SGD with cosine decay (PROTOCOL.md). ``weight_decay`` None means 5e-4, or 0 in at_reg.
+
+    ``batch_size`` is the batch of one worker, i.e. of one BatchNorm pass (the paper's 64 on one
+    GPU), whatever the number of data-parallel workers W; the global batch is ``batch_size * W``.
+    ``lr`` is the learning rate of one worker; with ``lr_scaling: linear`` the run uses ``lr * W``
+    (the linear scaling rule for a W-times larger global batch), with ``none`` it uses ``lr``.
+    """
 
     epochs: int = 100
     batch_size: int = 64
@@ -190,6 +205,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float | None = None
     precision: str = "fp32"
+    lr_scaling: str = "linear"
 
     def __post_init__(self) -> None:
         number("optim.epochs", self.epochs, lo=1, integer=True)
@@ -199,13 +215,23 @@ class OptimConfig:
         if self.weight_decay is not None:
             number("optim.weight_decay", self.weight_decay, lo=0.0)
         choice("optim.precision", self.precision, PRECISIONS)
+        choice("optim.lr_scaling", self.lr_scaling, LR_SCALINGS)
+
+    def scaled_lr(self, workers: int) -> float:
+        """The learning rate of a run on ``workers`` data-parallel workers (see the class docstring)."""
+        return self.lr * workers if self.lr_scaling == "linear" else self.lr
 
 
 @dataclass
 class ValidationConfig:
-    """Per-epoch validation: clean accuracy and PGD robust accuracy on a fixed subset."""
+    """Per-epoch validation: clean accuracy and PGD robust accuracy on a fixed subset.
 
-    subset: int = 1000
+    The default subset of 2,500 images keeps the standard error of an accuracy at or below one
+    point (sqrt(p (1 - p) / n) <= 0.5 / sqrt(2500) = 0.01); smaller subsets are allowed (CPU
+    presets) and checkpoint selection accounts for their larger error.
+    """
+
+    subset: int = 2500
     eps: float = 8 / 255
     pgd_steps: int = 10
     pgd_step_size: float = 2 / 255
@@ -243,9 +269,11 @@ class TrainConfig:
         return {f"{s}.{k}": v for s, sub in self.to_dict().items() for k, v in sub.items()}
 
 
-def build_network(cfg: TrainConfig) -> SpikingNetwork:
-    """The network a config describes (weights initialised from torch's global generator)."""
-    return build_model(cfg.model.arch, num_classes=num_classes_of(cfg.data.dataset), **cfg.model.build_kwargs())
+def build_network(cfg: TrainConfig, generator: torch.Generator | None = None) -> SpikingNetwork:
+    """The network a config describes, its weights (``model.init``) drawn from ``generator`` (None:
+    torch's global generator)."""
+    return build_model(cfg.model.arch, num_classes=num_classes_of(cfg.data.dataset), generator=generator,
+                       **cfg.model.build_kwargs())
 
 
 # -- construction from dicts / YAML / overrides ----------------------------------------

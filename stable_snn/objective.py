@@ -2,10 +2,13 @@
 
     L = chi * CE(f(x), y) + (1 - chi) * CE(f(x~), y) + rho * R(x, x~)         (Eqs. 16, 17)
 
-with x~ the perturbed batch (Gaussian noise or RFGSM) and R the MS-MPPD (Eq. 14) of
-the last spiking layer's input current (or TASAD / STD of its spikes, Table 2).  The
-clean branch of R is detached, as in the authors' code: the gradient of R flows
-through the perturbed pass only.  Modes:
+with x~ the perturbed batch (Gaussian noise or RFGSM) and R the MS-MPPD (Eq. 14) or its
+l1 form MPPD-TV-l1 of the last spiking layer's input current (or TASAD / STD of its spikes,
+Table 2).  The clean branch of R is detached, as in the authors' code: the gradient of R
+flows through the perturbed pass only.  The MPPD recursion is the authors' (leak lam on the
+pre-gain current, ``objective.mppd_leak: lambda``), so the DLIF gains of the last layer are
+outside R's graph; ``mppd_leak: dlif`` uses the layer's DLIF dynamics with the gains
+detached.  Modes:
 
 * ``natural``:  CE(f(x), y)
 * ``gaussian``: x~ = clamp(x + sigma N(0, 1))
@@ -27,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import RFGSM, Attack, GaussianNoise, eval_mode, project
-from .config import ObjectiveConfig
+from .config import MPPD_REGULARIZERS, ObjectiveConfig
 from .models import Features, SpikingNetwork
-from .perturbation import ms_mppd, std, tasad
+from .perturbation import mppd_tv_l1, ms_mppd, std, tasad
 from .regularizers import snn_rat_step
 
 
@@ -70,12 +73,18 @@ def build_perturbation(cfg: ObjectiveConfig) -> Attack | None:
     return RFGSM(step=cfg.rfgsm_step, init_std=cfg.rfgsm_init_std)
 
 
+def needs_spikes(cfg: ObjectiveConfig) -> bool:
+    """Whether the regulariser reads spikes (TASAD, STD) rather than the last layer's input current."""
+    return cfg.regularizer not in MPPD_REGULARIZERS
+
+
 def stability_term(model: SpikingNetwork, clean: PassOutput, pert: PassOutput, cfg: ObjectiveConfig) -> torch.Tensor:
-    """The regulariser R of Eq. 17 on the last spiking layer (MS-MPPD, TASAD or STD)."""
-    if cfg.regularizer == "ms_mppd":
+    """The regulariser R of Eq. 17 on the last spiking layer (MS-MPPD, MPPD-TV-l1, TASAD or STD)."""
+    if not needs_spikes(cfg):
         last = model.spiking_layers()[-1]
         delta = clean.features.last_current.detach().float() - pert.features.last_current.float()
-        return ms_mppd(last.perturbation_dynamics(delta), cfg.reduction)
+        eps = last.perturbation_dynamics(delta, cfg.mppd_leak)
+        return (ms_mppd if cfg.regularizer == "ms_mppd" else mppd_tv_l1)(eps, cfg.reduction)
     if not clean.features.spikes or not pert.features.spikes:
         raise ValueError(f"regularizer {cfg.regularizer!r} needs the spikes: run the passes with record_spikes=True")
     distance = tasad if cfg.regularizer == "tasad" else std
@@ -184,7 +193,7 @@ def train_step(
     share one autocast region, so each weight is cast to the low precision once per step.
     A non-finite loss skips the update and returns ``finite=False``.
     """
-    forward = forward if forward is not None else TwoPass(model, record_spikes=cfg.regularizer != "ms_mppd")
+    forward = forward if forward is not None else TwoPass(model, record_spikes=needs_spikes(cfg))
     if perturbation is None and cfg.mode != "natural":
         perturbation = build_perturbation(cfg)
     if attack_precision is None:

@@ -127,11 +127,17 @@ def reference_forward(model: SpikingNetwork, x: torch.Tensor) -> torch.Tensor:
 
 # -- objective ----------------------------------------------------------------------------
 
-def reference_ms_mppd(model: SpikingNetwork, clean_current: torch.Tensor, pert_current: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Eqs. 11 and 14 as a per-step loop on the last spiking layer (clean branch detached)."""
+def reference_ms_mppd(model: SpikingNetwork, clean_current: torch.Tensor, pert_current: torch.Tensor,
+                      reduction: str = "mean", mppd_leak: str = "lambda") -> torch.Tensor:
+    """Eqs. 11 and 14 as a per-step loop on the last spiking layer (clean branch detached).
+
+    ``mppd_leak="lambda"`` is the authors' recursion (leak lam on the pre-gain current); ``"dlif"``
+    runs the layer's DLIF dynamics with the gains detached.
+    """
     last = [m for m in model.modules() if isinstance(m, LIF)][-1]
     delta = clean_current.detach() - pert_current
-    gains = last.gains()
+    gains = last.gains() if mppd_leak == "dlif" else None
+    gains = gains.detach() if gains is not None else None
     eps, prev = [], torch.zeros_like(delta[0])
     for t in range(delta.shape[0]):
         d = delta[t]
@@ -155,7 +161,8 @@ def reference_loss(model: SpikingNetwork, clean: PassOutput, pert: PassOutput | 
     if cfg.regularizer != "ms_mppd":
         raise ValueError("the reference path transcribes the ms_mppd regulariser only")
     ce_pert = F.cross_entropy(pert.logits.mean(0), labels)
-    stab = reference_ms_mppd(model, clean.features.last_current, pert.features.last_current, cfg.reduction)
+    stab = reference_ms_mppd(model, clean.features.last_current, pert.features.last_current, cfg.reduction,
+                             cfg.mppd_leak)
     total = cfg.chi * ce_clean + (1.0 - cfg.chi) * ce_pert
     if cfg.rho > 0:
         total = total + cfg.rho * stab

@@ -39,7 +39,10 @@ BAD_VALUES = [
     ("data", "dataset", "mnist", "cifar10, cifar100"),
     ("data", "format", "hdf5", "auto, parquet, torchvision"),
     ("objective", "mode", "trades", "natural, gaussian, at, at_reg"),
-    ("objective", "regularizer", "kl", "ms_mppd, tasad, std"),
+    ("objective", "regularizer", "kl", "ms_mppd, mppd_tv_l1, tasad, std"),
+    ("objective", "mppd_leak", "paper", "lambda, dlif"),
+    ("model", "init", "xavier", "authors, pytorch"),
+    ("optim", "lr_scaling", "sqrt", "linear, none"),
     ("objective", "reduction", "max", "mean, sum"),
     ("optim", "precision", "fp8", "fp32, bf16, fp16"),
     ("optim", "lr", 0.0, "> 0"),
@@ -154,6 +157,17 @@ def test_defaults_are_the_paper_protocol():
     assert cfg.objective.gaussian_sigma == pytest.approx(8 / 255)
     assert cfg.objective.rfgsm_step == pytest.approx(4 / 255)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.batch_size, cfg.optim.epochs) == (0.1, 0.9, 64, 100)
+    # the authors' code where it changes what is learnt: their MPPD recursion and their initialisation
+    assert (cfg.objective.mppd_leak, cfg.model.init) == ("lambda", "authors")
+    assert cfg.validation.subset == 2500  # a standard error of at most one point (0.5 / sqrt(2500))
+
+
+def test_lr_follows_the_number_of_workers_linearly_or_not_at_all():
+    """optim.batch_size is one worker's (one BatchNorm pass's) batch: W workers see W times the images
+    per step, and the linear rule scales the learning rate with them."""
+    assert OptimConfig(lr=0.1).scaled_lr(4) == pytest.approx(0.4)
+    assert OptimConfig(lr=0.1).scaled_lr(1) == pytest.approx(0.1)
+    assert OptimConfig(lr=0.1, lr_scaling="none").scaled_lr(4) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("text,value", [("4e-3", 4e-3), ("5E-4", 5e-4), ("-1e0", -1.0), (".5e1", 5.0)])
@@ -190,11 +204,12 @@ def test_arch_and_neuron_choices_follow_their_registries(monkeypatch):
 
 def test_name_lists_are_the_owning_modules_own_not_copies():
     from stable_snn import config as config_module
-    from stable_snn import data, neurons, perturbation
+    from stable_snn import data, models, neurons, perturbation
 
     assert config_module.DATASETS is data.DATASETS and config_module.FORMATS is data.FORMATS
     assert config_module.GAIN_FORMS is neurons.GAIN_FORMS and config_module.NEURONS is neurons.NEURONS
     assert config_module.REDUCTIONS is perturbation.REDUCTIONS
+    assert config_module.MPPD_FORMS is neurons.MPPD_FORMS and config_module.INITS is models.INITS
 
 
 def test_the_library_config_has_no_run_section():

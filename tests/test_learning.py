@@ -83,3 +83,23 @@ def test_dlif_adversarial_training_beats_chance(record_property, cifar10, all_to
     assert acc >= MIN_ACCURACY, f"held-out accuracy {acc:.3f} < {MIN_ACCURACY} (chance 0.1)"
     gains = model.dlif_gains()
     assert not torch.equal(gains, torch.ones_like(gains))  # the DLIF gains a[t] were trained
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["leak", "input"])
+def test_wrn16_dlif_gains_stay_positive_under_the_papers_sgd_with_mppd(form):
+    """WRN16 (width 0.125, T=4) trained 20 RFGSM steps (batch 8) with the paper's SGD (lr 0.1, momentum
+    0.9) and rho = 1: every DLIF gain stays positive.  With the MPPD's gradient reaching the last
+    layer's gains (their former dynamics), they turned negative within three steps in both forms."""
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(20 * 8, 3, 32, 32, generator=g), torch.randint(0, 10, (20 * 8,), generator=g)
+    model = build_model("wrn16", 10, 4, "dlif", width=0.125, gain_form=form, generator=torch.Generator().manual_seed(0))
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    cfg = ObjectiveConfig(mode="at", rho=1.0)
+    lowest = []
+    for step in range(20):
+        x, y = images[step * 8:(step + 1) * 8], labels[step * 8:(step + 1) * 8]
+        stats = train_step(model, optimizer, x, y, cfg, generator=torch.Generator().manual_seed(step))
+        assert stats.finite and stats.stability > 0
+        lowest.append(float(torch.stack([m.gain.detach() for m in model.spiking_layers()]).min()))
+    assert min(lowest) > 0, lowest

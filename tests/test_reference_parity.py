@@ -22,7 +22,7 @@ from stable_snn.attacks import PGD, RFGSM
 
 T, B, CLASSES = 3, 6, 10
 MODELS = [("vgg5", "lif", "leak"), ("vgg5", "dlif", "leak"), ("vgg5", "dlif", "input"), ("wrn16", "dlif", "leak")]
-RTOL, ATOL = 1e-4, 1e-6
+RTOL, ATOL = 1e-4, 1e-5
 
 
 def tiny(name: str, neuron: str, form: str) -> torch.nn.Module:
@@ -46,6 +46,15 @@ def batch(seed: int = 0):
 
 def assert_close(a, b, what):
     torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}: {m}")
+
+
+def assert_grad_close(name: str, g: torch.Tensor, r: torch.Tensor, largest: float) -> None:
+    """``g`` against the reference ``r`` relative to ``r``'s size; a conv bias before BatchNorm (in
+    train mode) has a true gradient of 0, so there both must be round-off next to the ``largest``."""
+    if name.endswith("conv.bias"):
+        assert float(g.abs().max()) < 1e-5 * largest and float(r.abs().max()) < 1e-5 * largest, f"gradient of {name}"
+        return
+    assert float((g - r).abs().max() / r.abs().max().clamp_min(1e-12)) < 1e-4, f"gradient of {name}"
 
 
 @pytest.mark.parametrize("name,neuron,form", MODELS)
@@ -93,12 +102,12 @@ def test_loss_and_gradients_match_reference(name, neuron, form):
     grads = torch.autograd.grad(terms.total, params + inputs, allow_unused=True)
     ref_grads = torch.autograd.grad(ref_terms["total"], list(twin.parameters()) + inputs_ref, allow_unused=True)
     names = [n for n, _ in model.named_parameters()] + ["x", "x_pert"]
+    largest = max(float(r.abs().max()) for r in ref_grads if r is not None)
     for n, g, r in zip(names, grads, ref_grads):
         if r is None:
             assert g is None or not g.any(), n
             continue
-        scale = r.abs().max().clamp_min(1e-12)
-        assert float((g - r).abs().max() / scale) < 1e-4, f"gradient of {n}"
+        assert_grad_close(n, g, r, largest)
     gain_grads = [g for n, g in zip(names, grads) if n.endswith("gain")]
     if neuron == "dlif":
         assert gain_grads and all(g.abs().sum() > 0 for g in gain_grads)
@@ -118,9 +127,9 @@ def test_training_step_matches_reference(name, neuron, form):
     ref = reference_train_step(twin, opt_ref, x, y, cfg, generator=torch.Generator().manual_seed(3))
     assert stats.loss == pytest.approx(ref["total"], rel=1e-5)
     assert stats.stability == pytest.approx(ref["stability"], rel=1e-4)
+    largest = max(float(q.grad.abs().max()) for q in twin.parameters())
     for (n, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
-        scale = q.grad.abs().max().clamp_min(1e-12)
-        assert float((p.grad - q.grad).abs().max() / scale) < 1e-4, f"gradient of {n}"
+        assert_grad_close(n, p.grad, q.grad, largest)
         assert_close(p.detach(), q.detach(), f"updated {n}")
     for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
         assert_close(a, b, f"buffer {n}")

@@ -5,9 +5,10 @@ non-finite loss, or ran with ``--no-register``), into that run's MLflow run.
 
 The run's checkpoints are read from its storage folder (``run.storage_path`` /
 ``$STABLE_SNN_STORAGE_PATH``); each one's checksums are verified and a truncated or tampered
-one is skipped (or, named with ``--epoch``, refused).  Without ``--epoch`` the valid checkpoint
-with the best validation robust accuracy logged in the run is chosen (ties: clean accuracy,
-then the later epoch); a checkpoint whose validation never reached MLflow is validated first,
+one is skipped (or, named with ``--epoch``, refused).  Without ``--epoch`` the selection rule that
+training applies chooses among the valid checkpoints, on the validation split only: the latest one
+unless an earlier one has a higher validation robust accuracy by more than two standard errors
+(``jobs.training.selection``); a checkpoint whose validation never reached MLflow is validated first,
 and its metrics are logged at its epoch.  Registering twice is harmless: the version already
 registered from the same run and epoch is reused.
 

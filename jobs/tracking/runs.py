@@ -95,7 +95,7 @@ def open_training_run(client, cfg: JobConfig, parent_run_id: str | None = None,
         tags["mlflow.source.git.commit"] = commit
         tags["git_commit"] = commit
     run_id = create_run(client, exp, cfg.run.name, "train", tags)
-    log_params(client, run_id, {**cfg.flat(), "derived.weight_decay": cfg.weight_decay})
+    log_params(client, run_id, {**cfg.flat(), **cfg.derived_params()})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(dump_config(cfg))
@@ -112,9 +112,9 @@ def close_run(client, run_id: str, status: str) -> None:
 
 
 def validation_history(client, run_id: str) -> dict[int, dict[str, float]]:
-    """``{epoch: {val_clean_acc, val_robust_acc}}`` as logged in the run."""
+    """``{epoch: {val_clean_acc, val_robust_acc and their standard errors}}`` as logged in the run."""
     out: dict[int, dict[str, float]] = {}
-    for key in ("val_clean_acc", "val_robust_acc"):
+    for key in ("val_clean_acc", "val_robust_acc", "val_clean_acc_se", "val_robust_acc_se"):
         for m in client.get_metric_history(run_id, key):
             out.setdefault(int(m.step), {})[key] = m.value
     return out

@@ -49,8 +49,8 @@ def train(args: argparse.Namespace) -> int:
     if outcome.version is not None:
         print(f"registered model: models:/{outcome.version.name}@{args.alias} (version {outcome.version.version})")
     print(f"MLflow run: {outcome.run_id} ({cfg.run.experiment}/{cfg.run.name}) at {tracking_uri}")
-    print("best checkpoint: epoch {}  val clean {}  val PGD-{} {}".format(
-        outcome.best_epoch, percent(outcome.metrics["val_clean_acc"]), cfg.validation.pgd_steps,
+    print("selected checkpoint: epoch {}  val clean {}  val PGD-{} {}".format(
+        outcome.selected_epoch, percent(outcome.metrics["val_clean_acc"]), cfg.validation.pgd_steps,
         percent(outcome.metrics["val_robust_acc"])))
     return 0
 

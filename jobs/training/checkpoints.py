@@ -150,6 +150,18 @@ def verify_checkpoint_at(path: str) -> None:
             raise CheckpointError(str(e).replace(str(folder), path)) from None
 
 
+def intact_checkpoints(found: dict[int, str]) -> tuple[dict[int, str], dict[int, CheckpointError]]:
+    """``({epoch: path} whose checksums hold, {epoch: the error} of the others)`` of ``{epoch: path}``."""
+    intact, damaged = {}, {}
+    for epoch, path in found.items():
+        try:
+            verify_checkpoint_at(path)
+            intact[epoch] = path
+        except CheckpointError as err:
+            damaged[epoch] = err
+    return intact, damaged
+
+
 def load_checkpoint_at(path: str, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], JobConfig]:
     """:func:`load_checkpoint` of a folder given as a local path or a storage URI."""
     with local_folder(path) as folder:

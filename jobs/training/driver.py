@@ -1,5 +1,5 @@
 """The driver side of one training run: open (or resume) its MLflow run, fit on Ray Train, log the
-figures and register the best robust checkpoint.  ``jobs.train`` runs it once; every
+figures and register the selected checkpoint (:mod:`jobs.training.selection`).  ``jobs.train`` runs it once; every
 ``jobs.tune`` trial runs it with inline validation as a child run of the search."""
 from __future__ import annotations
 
@@ -14,24 +14,22 @@ from ..errors import TrackingUnavailableError
 from ..tracking.models import register_model
 from ..tracking.outbox import run_logger
 from ..tracking.runs import close_run, open_training_run, validation_history
-from .checkpoints import load_ray_checkpoint, network_of
+from .checkpoints import load_checkpoint_at, load_ray_checkpoint, network_of
 from .faults import StopOnFatalError, fatal_error, job_runtime_env
 from .figures import log_figures
 from .guard import claim_run
 from .preflight import check_resumable
-from .trainer import best_checkpoint, build_trainer
+from .selection import record_selection, tag_version, validation_size
+from .trainer import build_trainer
 
 log = logging.getLogger("stable_snn.train")
 
 OUTBOX_DEADLINE_S = float(os.environ.get("STABLE_SNN_OUTBOX_DEADLINE_S", "300"))
-VAL_KEYS = ("val_clean_acc", "val_robust_acc")
-
-
 @dataclass
 class TrainingOutcome:
     run_id: str
-    best_epoch: int
-    metrics: dict  # val_clean_acc / val_robust_acc of the best checkpoint
+    selected_epoch: int
+    metrics: dict  # val_clean_acc / val_robust_acc (and their standard errors) of the selected checkpoint
     checkpoint_path: str
     version: object | None = None  # the registered ModelVersion, if any
 
@@ -46,7 +44,7 @@ def connect_ray() -> None:
 def run_training(cfg: JobConfig, client, tracking_uri: str, *, register: bool = True, alias: str = "candidate",
                  parent_run_id: str | None = None, callbacks=None, inline_validation: bool = False,
                  extra_tags: dict[str, str] | None = None) -> TrainingOutcome:
-    """Open (or resume) the MLflow run, fit on Ray Train, log figures, register the best checkpoint.
+    """Open (or resume) the MLflow run, fit on Ray Train, log figures, register the selected checkpoint.
 
     The MLflow run is closed in ``finally`` (FINISHED on success, FAILED otherwise; a
     relaunch with the same ``run.name`` resumes it).
@@ -85,22 +83,30 @@ def fit(cfg: JobConfig, run_id: str, tracking_uri: str, callbacks, inline_valida
         raise fatal from None
 
 
+def kept_checkpoints(result) -> tuple[dict[int, str], dict[int, dict]]:
+    """``({epoch: path}, {epoch: reported metrics})`` of the checkpoints Ray Train kept for the run."""
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("epoch") is not None]
+    return {int(m["epoch"]): c.path for c, m in kept}, {int(m["epoch"]): dict(m) for _, m in kept}
+
+
 def finish(client, run_id: str, cfg: JobConfig, result, alias: str | None) -> TrainingOutcome:
-    """Figures and tags of the best checkpoint; registered with ``alias`` unless it is None."""
-    ckpt, metrics = best_checkpoint(result)
-    if ckpt is None:
+    """Select the run's checkpoint (validation only), log the figures and tags; registered with
+    ``alias`` unless it is None."""
+    checkpoints, reported = kept_checkpoints(result)
+    if not checkpoints:
         raise RuntimeError("training reported no checkpoint")
-    state, _ = load_ray_checkpoint(ckpt)
-    model = network_of(state, cfg)
     val = validation_history(client, run_id)
+    scores = {e: reported.get(e, {}) | val.get(e, {}) for e in checkpoints}
+    selection, path, summary = record_selection(client, run_id, checkpoints, scores, validation_size(cfg))
+    state, _ = load_checkpoint_at(path)
+    model = network_of(state, cfg)
     history = [h | val.get(int(h["epoch"]), {}) for h in latest_history(result, state)]
     log_figures(client, run_id, history, model.dlif_gains())
-    best_epoch = int(state["epoch"])
-    summary = {k: metrics.get(k) for k in VAL_KEYS}
-    client.set_tag(run_id, "best_epoch", str(best_epoch))
-    client.set_tag(run_id, "best_checkpoint", ckpt.path)
-    version = register_model(client, run_id, model, cfg, best_epoch, summary, alias) if alias is not None else None
-    return TrainingOutcome(run_id, best_epoch, summary, ckpt.path, version)
+    version = None
+    if alias is not None:
+        version = register_model(client, run_id, model, cfg, selection.epoch, summary, alias)
+        tag_version(client, version, selection)
+    return TrainingOutcome(run_id, selection.epoch, summary, path, version)
 
 
 def latest_history(result, state) -> list[dict]:

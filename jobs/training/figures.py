@@ -50,7 +50,7 @@ def heatmap_gains(gains, out: str | Path, title: str = "DLIF gains a^l[t]") -> P
     return save_figure(fig, out)
 
 
-STABILITY_KEYS = ("ms_mppd", "tasad", "std", "stability")
+STABILITY_KEYS = ("ms_mppd", "mppd_tv_l1", "tasad", "std", "stability")
 
 
 def _panel_of(key: str) -> str:
@@ -70,6 +70,7 @@ def training_curves(
     out: str | Path,
     x_key: str = "epoch",
     skip_prefixes: Sequence[str] = ("dlif_gain/",),
+    skip_suffixes: Sequence[str] = ("_se",),
 ) -> Path:
     """Plot a training history (one dict of numbers per epoch) into ``out``.
 
@@ -77,7 +78,8 @@ def training_curves(
     stability terms (``ms_mppd``, ``tasad``, ``std``) a third; every other numeric key (``lr``,
     ``images_per_s``, ...) gets a panel of its own, as its scale is its own.  Keys starting with
     one of ``skip_prefixes`` are left out (the per-layer DLIF gains belong in
-    :func:`heatmap_gains`); non-numeric values and missing keys are gaps.  The x axis is
+    :func:`heatmap_gains`), and so are keys ending with one of ``skip_suffixes`` (the standard
+    errors of the validation accuracies); non-numeric values and missing keys are gaps.  The x axis is
     ``history[i][x_key]`` when present, else ``i + 1``.
     """
     if not history:
@@ -86,7 +88,8 @@ def training_curves(
     keys: list[str] = []
     for h in history:
         for k, v in h.items():
-            if k != x_key and k not in keys and _is_number(v) and not k.startswith(tuple(skip_prefixes)):
+            if (k != x_key and k not in keys and _is_number(v) and not k.startswith(tuple(skip_prefixes))
+                    and not k.endswith(tuple(skip_suffixes))):
                 keys.append(k)
     if not keys:
         raise ValueError(f"history has no numeric entries besides {x_key!r}")

@@ -1,5 +1,5 @@
-"""The steps of a training worker, each callable without Ray: where a run resumes, how each
-epoch's randomness is seeded, one epoch, and what an epoch reports and checkpoints.
+"""The steps of a training worker, each callable without Ray: what a worker trains with, where a run
+resumes, how each epoch's randomness is seeded, one epoch, and what an epoch reports and checkpoints.
 
 :mod:`jobs.training.worker` strings them together inside Ray Train.
 """
@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from stable_snn.objective import train_step
+from stable_snn.config import build_network
+from stable_snn.objective import TwoPass, build_optimizer, needs_spikes, train_step
 
 from ..config import JobConfig
 from .checkpoints import restore_rng_state, rng_state
@@ -23,6 +25,58 @@ from .faults import FaultPlan, stop_on_nonfinite
 log = logging.getLogger("stable_snn.train")
 
 GAIN_PREFIX = "dlif_gain/"  # per-layer, per-step DLIF gains: logged, never reported to Ray
+
+
+# -- what a worker trains with -------------------------------------------------------------------
+
+
+@dataclass
+class TrainingParts:
+    """The model, its two-pass module, the optimiser, its schedule, the loss scaler (fp16 only), the
+    training loader and the generators of one worker, all built from the config."""
+
+    model: torch.nn.Module
+    forward: torch.nn.Module  # TwoPass, wrapped as the caller asked (DDP under Ray)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    loader: DataLoader
+    generators: EpochGenerators
+
+
+def build_parts(cfg: JobConfig, train_set, world_size: int = 1, rank: int = 0, device=torch.device("cpu"),
+                wrap=lambda forward: forward) -> TrainingParts:
+    """What one of ``world_size`` data-parallel workers trains with.
+
+    The initial weights are drawn from a generator seeded with ``run.seed``, so every worker and
+    every run of one seed starts from the same network.  The loader serves ``optim.batch_size``
+    images per step on every worker: that is the batch one BatchNorm pass normalises over, and the
+    global batch is ``batch_size * world_size``; the learning rate is ``optim.scaled_lr(world_size)``.
+    fp16 gets a ``GradScaler`` (loss scaling, so small gradients survive fp16's range).
+    """
+    model = build_network(cfg, torch.Generator().manual_seed(cfg.run.seed)).to(device)
+    forward = wrap(TwoPass(model, record_spikes=needs_spikes(cfg.objective)))
+    optimizer = build_optimizer(model, cfg.optim.scaled_lr(world_size), cfg.optim.momentum, cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.optim.epochs, eta_min=0.0)
+    scaler = torch.amp.GradScaler(torch.device(device).type) if cfg.optim.precision == "fp16" else None
+    generators = EpochGenerators.create(cfg.run.seed)
+    return TrainingParts(model, forward, optimizer, scheduler, scaler,
+                         train_loader(cfg, train_set, generators, world_size, rank), generators)
+
+
+def train_loader(cfg: JobConfig, train_set, generators: EpochGenerators, world_size: int = 1,
+                 rank: int = 0) -> DataLoader:
+    """Batches of ``optim.batch_size`` images of this worker's share of the training set, in an order
+    that depends on (run.seed, epoch) only (:meth:`EpochGenerators.start_epoch` re-seeds it)."""
+    if world_size > 1:
+        # The sampler shuffles with seed + epoch: the shuffle seed epoch_seeds gives for each epoch.
+        sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=epoch_seeds(cfg.run.seed, 0, rank)[0], drop_last=True)
+    else:
+        sampler = RandomSampler(train_set, generator=generators.shuffle)
+    return DataLoader(train_set, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
+                      num_workers=cfg.data.loader_workers, generator=generators.shuffle,
+                      persistent_workers=cfg.data.loader_workers > 0)
 
 
 # -- resuming ---------------------------------------------------------------------------------
@@ -45,11 +99,13 @@ def resume_point(state: dict[str, Any] | None) -> ResumePoint:
     return ResumePoint(done + 1, list(state.get("history", [])), [*state.get("resumes", []), done])
 
 
-def restore(state: dict[str, Any], model, optimizer, scheduler) -> None:
-    """Load a checkpoint's model, optimiser, scheduler and global RNG states."""
+def restore(state: dict[str, Any], model, optimizer, scheduler, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Load a checkpoint's model, optimiser, scheduler, loss-scaler and global RNG states."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     restore_rng_state(state["rng"])
 
 
@@ -102,9 +158,11 @@ def _all_reduce(values: list[float], device) -> list[float]:
 
 
 def run_epoch(cfg: JobConfig, model, forward, optimizer, loader, perturbation, generators: EpochGenerators,
-              device, epoch: int, rank: int = 0, faults: FaultPlan = FaultPlan()) -> dict[str, float]:
-    """One epoch over this worker's shard (``stable_snn.objective.train_step`` per batch); returns
-    the metrics summed over all workers.  A non-finite loss stops the run (NonFiniteLossError)."""
+              device, epoch: int, rank: int = 0, faults: FaultPlan = FaultPlan(),
+              scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One epoch over this worker's shard (``stable_snn.objective.train_step`` per batch, with the
+    fp16 loss ``scaler`` when given); returns the metrics summed over all workers.  A non-finite
+    loss stops the run (NonFiniteLossError)."""
     model.train()
     sums = [0.0] * 8  # loss, task, ce_clean, ce_pert, stability, correct, correct_pert, count
     start = time.perf_counter()
@@ -115,7 +173,7 @@ def run_epoch(cfg: JobConfig, model, forward, optimizer, loader, perturbation, g
         stats = train_step(
             model, optimizer, images, labels, cfg.objective, perturbation=perturbation, generator=generators.attack,
             forward=forward, precision=cfg.optim.precision, reg_generator=generators.regularizer,
-            attack_precision="fp32",
+            attack_precision="fp32", scaler=scaler,
         )
         if not stats.finite:
             raise stop_on_nonfinite(cfg, stats.loss, epoch, step + 1, rank)
@@ -164,12 +222,14 @@ def report_payload(epoch: int, metrics: dict[str, float], val_metrics: dict[str,
     return report | {k: v for k, v in val_metrics.items() if k.startswith("val_")}
 
 
-def checkpoint_state(model, optimizer, scheduler, epoch: int, history: list[dict], resumes: list[int]) -> dict:
+def checkpoint_state(model, optimizer, scheduler, epoch: int, history: list[dict], resumes: list[int],
+                     scaler: torch.amp.GradScaler | None = None) -> dict:
     """What a checkpoint holds: everything a worker needs to go on exactly where this epoch ended."""
     return {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
         "epoch": epoch,
         "rng": rng_state(),
         "history": history,

@@ -13,6 +13,10 @@ def build_trainer(cfg: JobConfig, run_id: str | None, tracking_uri: str | None, 
                   inline_validation: bool = False) -> TorchTrainer:
     """A ``TorchTrainer`` for ``cfg``: DDP workers, per-epoch checkpoints, PGD validation, best-k kept.
 
+    Ray Train keeps the ``run.keep_checkpoints`` best checkpoints by validation robust accuracy and
+    always the latest one: both checkpoints the selection rule can choose survive
+    (:mod:`jobs.training.selection`).
+
     Validation runs as Ray Train's asynchronous validation task by default; with
     ``inline_validation`` rank 0 runs it before each report so the validation metrics are
     part of the reported metrics (Ray Tune's schedulers need them synchronously).
@@ -49,10 +53,3 @@ def build_trainer(cfg: JobConfig, run_id: str | None, tracking_uri: str | None, 
         validation_config=validation,
     )
 
-
-def best_checkpoint(result):
-    """The reported checkpoint with the best validation robust accuracy (ties: the later epoch)."""
-    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("val_robust_acc") is not None]
-    if not candidates:
-        return (result.checkpoint, result.metrics or {}) if result.checkpoint is not None else (None, {})
-    return max(candidates, key=lambda cm: (cm[1]["val_robust_acc"], cm[1].get("val_clean_acc", 0), cm[1].get("epoch", 0)))

@@ -1,4 +1,5 @@
-"""Per-epoch validation of a checkpoint: clean and PGD robust accuracy on a fixed subset.
+"""Per-epoch validation of a checkpoint: clean and PGD robust accuracy on a fixed subset, each with
+its standard error (``val_clean_acc_se``, ``val_robust_acc_se``: sqrt(p (1 - p) / n) on n images).
 
 Runs as Ray Train's validation task (``ValidationConfig``) so training workers do not
 wait for it, or inline when training runs in-process.  It also measures each spiking
@@ -15,13 +16,14 @@ from filelock import FileLock
 from stable_snn.attacks import PGD, decode, eval_mode
 from stable_snn.data import build_splits, stack_dataset
 from stable_snn.energy import activity
-from stable_snn.perturbation import mppd_gains
+from stable_snn.gains import mppd_gains
 
 from ..config import JobConfig
 from ..logs import setup_logging
 from ..tracking.outbox import run_logger
 from ..tracking.runs import client_for
 from .checkpoints import load_ray_checkpoint, network_of
+from .selection import with_standard_errors
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +71,10 @@ def evaluate_model(model, cfg: JobConfig, images: torch.Tensor, labels: torch.Te
         adv = pgd(model, x, y, generator=gen)
         with torch.no_grad():
             robust += int((decode(model(adv)).argmax(1) == y).sum())
-    metrics = {
+    metrics = with_standard_errors({
         "val_clean_acc": _accuracy(model, images, labels, bs),
         "val_robust_acc": robust / len(labels),
-    }
+    }, len(labels))
     act = activity(model, images[: min(64, len(labels))])
     metrics["sops_per_image"] = act.sops_per_image
     metrics["dense_macs_per_image"] = act.dense_macs_per_image
@@ -94,8 +96,9 @@ def validate_inline(model, cfg: JobConfig, data, epoch: int) -> dict[str, float]
 
 
 def _log_validation(cfg: JobConfig, epoch: int, metrics: dict[str, float], n: int) -> None:
-    log.info("[%s] epoch %d validation: clean %.2f%%  PGD-%d %.2f%%  (%d images)", cfg.run.name, epoch,
-             100 * metrics["val_clean_acc"], cfg.validation.pgd_steps, 100 * metrics["val_robust_acc"], n)
+    log.info("[%s] epoch %d validation: clean %.2f%% (SE %.2f)  PGD-%d %.2f%% (SE %.2f)  (%d images)", cfg.run.name,
+             epoch, 100 * metrics["val_clean_acc"], 100 * metrics["val_clean_acc_se"], cfg.validation.pgd_steps,
+             100 * metrics["val_robust_acc"], 100 * metrics["val_robust_acc_se"], n)
 
 
 def validate_checkpoint(checkpoint, *, epoch: int, run_id: str | None = None, tracking_uri: str | None = None) -> dict:

@@ -1,7 +1,7 @@
 """The Ray Train worker function: one DDP worker of a stable-snn training run.
 
-Each worker builds its own data shard and model from the config (DDP through
-``ray.train.torch.prepare_model`` / ``prepare_data_loader``), resumes from the checkpoint Ray
+Each worker builds its own data shard and model from the config
+(:func:`~jobs.training.steps.build_parts`, DDP through ``ray.train.torch.prepare_model``), resumes from the checkpoint Ray
 Train hands it, and every epoch runs :func:`~jobs.training.steps.run_epoch` and reports a
 checkpoint (model, optimiser, scheduler, epoch, RNG states, history, config, checksums) through
 ``ray.train.report``.  An epoch's metrics reach MLflow once: from Ray Train's validation task
@@ -24,8 +24,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from stable_snn.config import build_network
-from stable_snn.objective import TwoPass, build_optimizer, build_perturbation
+from stable_snn.objective import build_perturbation
 
 from ..config import JobConfig, job_config_from_dict
 from ..logs import setup_logging
@@ -34,8 +33,8 @@ from ..tracking.runs import client_for
 from .checkpoints import load_ray_checkpoint, save_checkpoint
 from .faults import FaultPlan
 from .steps import (
-    EpochGenerators, ResumePoint, checkpoint_state, epoch_line, gain_metrics, report_payload, restore, resume_point,
-    run_epoch,
+    EpochGenerators, ResumePoint, build_parts, checkpoint_state, epoch_line, gain_metrics, report_payload, restore,
+    resume_point, run_epoch,
 )
 from .validation import load_splits, validate_inline, validation_subset
 
@@ -58,6 +57,7 @@ class Worker:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loader: torch.utils.data.DataLoader
     generators: EpochGenerators
+    scaler: torch.amp.GradScaler | None = None  # fp16 loss scaling
 
 
 def build_worker(cfg: JobConfig) -> Worker:
@@ -66,18 +66,9 @@ def build_worker(cfg: JobConfig) -> Worker:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     splits = load_splits(cfg, augment=cfg.data.augment)
-    model = build_network(cfg).to(device)
-    forward = ray.train.torch.prepare_model(TwoPass(model, record_spikes=cfg.objective.regularizer != "ms_mppd"))
-    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.optim.epochs, eta_min=0.0)
-    generators = EpochGenerators.create(cfg.run.seed)
-    loader = torch.utils.data.DataLoader(
-        splits.train, batch_size=cfg.optim.batch_size // max(world, 1), shuffle=True, drop_last=True,
-        num_workers=cfg.data.loader_workers, generator=generators.shuffle,
-        persistent_workers=cfg.data.loader_workers > 0,
-    )
-    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
-    return Worker(cfg, rank, device, splits, model, forward, optimizer, scheduler, loader, generators)
+    p = build_parts(cfg, splits.train, world, rank, device, wrap=ray.train.torch.prepare_model)
+    return Worker(cfg, rank, device, splits, p.model, p.forward, p.optimizer, p.scheduler, p.loader, p.generators,
+                  p.scaler)
 
 
 def resume(w: Worker) -> ResumePoint:
@@ -86,7 +77,7 @@ def resume(w: Worker) -> ResumePoint:
     if ckpt is None:
         return resume_point(None)
     state, _ = load_ray_checkpoint(ckpt, map_location=w.device)
-    restore(state, w.model, w.optimizer, w.scheduler)
+    restore(state, w.model, w.optimizer, w.scheduler, w.scaler)
     point = resume_point(state)
     log.info("[%s] resuming from the checkpoint of epoch %d", w.cfg.run.name, point.start_epoch - 1)
     return point
@@ -146,7 +137,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     for epoch in range(point.start_epoch, cfg.optim.epochs + 1):
         w.generators.start_epoch(w.loader, w.splits.train, cfg.run.seed, epoch, w.rank)
         metrics = run_epoch(cfg, w.model, w.forward, w.optimizer, w.loader, perturbation, w.generators, w.device,
-                            epoch, w.rank, faults)
+                            epoch, w.rank, faults, w.scaler)
         w.scheduler.step()
         metrics |= gain_metrics(w.model)
         if w.rank == 0:
@@ -157,7 +148,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         report = report_payload(epoch, metrics, val_metrics)
         metrics |= val_metrics
         point.history.append({"epoch": epoch, **metrics})
-        state = (checkpoint_state(w.model, w.optimizer, w.scheduler, epoch, point.history, point.resumes)
+        state = (checkpoint_state(w.model, w.optimizer, w.scheduler, epoch, point.history, point.resumes, w.scaler)
                  if w.rank == 0 else None)
         report_epoch(w, epoch, report, state, inline)
         if logger is not None:

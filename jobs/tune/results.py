@@ -1,7 +1,10 @@
-"""What a search leaves behind: one row per trial, the clean-vs-robust plot with its Pareto front,
-the best config on the search's MLflow run, and the best trial's checkpoint registered."""
+"""What a search leaves behind: one row per trial (early-stopped ones included), the clean-vs-robust
+plot with its Pareto front, the best config on the search's MLflow run, and the best trial's selected
+checkpoint registered."""
 from __future__ import annotations
 
+import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -11,41 +14,86 @@ from matplotlib.figure import Figure
 
 from ..cli import percent
 from ..tracking.models import register_model
-from ..training.checkpoints import load_checkpoint_at, network_of
+from ..tracking.runs import RUN_NAME_TAG, validation_history
+from ..training.checkpoints import intact_checkpoints, list_checkpoints, load_checkpoint_at, network_of
 from ..training.figures import save_figure
-from .space import SearchSpace
-from .trial import TRIAL_TAG
+from ..training.selection import SELECTED_CHECKPOINT, SELECTED_EPOCH, VAL_KEYS, record_selection
+from .space import SEED_KEY, SearchSpace
+from .trial import POINT_TAG, TRIAL_TAG
 
-VAL_KEYS = ("val_robust_acc", "val_clean_acc")
+log = logging.getLogger("stable_snn.tune")
+
+STOPPED_TAG = "stopped_early"  # "true" on the child run of a trial the scheduler stopped
+FINAL = "final_"  # prefix of the validation metrics at a trial's last epoch
 
 
 def trial_rows(client, parent_run_id: str, experiment: str, space: SearchSpace) -> list[dict]:
-    """One row per trial (its child run): searched values, best validation metrics, checkpoint."""
+    """One row per trial (its child run): searched values, seed, the validation metrics of the selected
+    checkpoint and of the last epoch, the selected epoch and checkpoint, whether it stopped early."""
     exp = client.get_experiment_by_name(experiment)
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
     rows = []
     for run in children:
-        best = dict.fromkeys(VAL_KEYS)
-        hist = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)} for key in VAL_KEYS}
-        epoch = run.data.tags.get("best_epoch")
-        if epoch is not None and int(epoch) in hist["val_robust_acc"]:
-            best = {k: hist[k].get(int(epoch)) for k in hist}
+        hist = validation_history(client, run.info.run_id)
+        epoch = run.data.tags.get(SELECTED_EPOCH)
+        selected = hist.get(int(epoch), {}) if epoch is not None else {}
+        final = hist[max(hist)] if hist else {}
+        point = json.loads(run.data.tags.get(POINT_TAG, "{}"))
         rows.append({
             "trial_id": run.data.tags.get(TRIAL_TAG), "run_id": run.info.run_id, "status": run.info.status,
-            **{p.key: run.data.params.get(p.key) for p in space.params}, **best,
-            "best_epoch": epoch, "checkpoint": run.data.tags.get("best_checkpoint"),
+            STOPPED_TAG: run.data.tags.get(STOPPED_TAG) == "true",
+            **{k: point.get(k, run.data.params.get(k)) for k in space.searched_keys},
+            "point": json.dumps(point, sort_keys=True), SEED_KEY: int(run.data.params.get(SEED_KEY, 0)),
+            **{k: selected.get(k) for k in VAL_KEYS}, **{FINAL + k: final.get(k) for k in VAL_KEYS},
+            "selected_epoch": epoch, "final_epoch": max(hist) if hist else None,
+            "checkpoint": run.data.tags.get(SELECTED_CHECKPOINT),
         })
     rows.sort(key=lambda r: r["trial_id"] or "")
     return rows
 
 
+def end_stopped_trials(client, parent_run_id: str, experiment: str, storage: str, errored: set[str]) -> list[str]:
+    """End the child runs a scheduler stopped mid-training (still RUNNING once the search is over):
+    the selection rule picks among the checkpoints they wrote, the run is tagged ``stopped_early``
+    and ends KILLED with the metrics it reached.  Runs of trials in ``errored`` (trial ids) end
+    FAILED, and so do runs that never validated an epoch.  Returns the ids of the trials ended as
+    stopped early."""
+    exp = client.get_experiment_by_name(experiment)
+    running = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"))
+    stopped = []
+    for run in running:
+        run_id, trial_id = run.info.run_id, run.data.tags.get(TRIAL_TAG)
+        scores = validation_history(client, run_id)
+        if trial_id in errored or not scores:  # a scheduler stops a trial only after it reported an epoch
+            client.set_terminated(run_id, status="FAILED")
+            continue
+        checkpoints, _ = intact_checkpoints(list_checkpoints(storage, run.data.tags[RUN_NAME_TAG]))
+        if any("val_robust_acc" in scores.get(e, {}) for e in checkpoints):
+            params = run.data.params
+            n = min(int(params["validation.subset"]), int(params["data.val_size"]))
+            record_selection(client, run_id, checkpoints, scores, n)
+        client.set_tag(run_id, STOPPED_TAG, "true")
+        client.set_tag(run_id, "stopped_at_epoch", str(max(scores, default=0)))
+        client.set_terminated(run_id, status="KILLED")
+        stopped.append(trial_id)
+        log.info("trial %s was stopped early by the scheduler; its MLflow run %s ended", trial_id, run_id)
+    return stopped
+
+
+def is_finished(row: dict) -> bool:
+    """Whether a trial trained to the end with a validated, selected checkpoint."""
+    return (row["status"] == "FINISHED" and not row[STOPPED_TAG] and row.get("val_robust_acc") is not None
+            and bool(row.get("checkpoint")))
+
+
 def finished_trials(rows: list[dict]) -> list[dict]:
-    """The trials that finished with a validated checkpoint."""
-    return [r for r in rows if r["status"] == "FINISHED" and r.get("val_robust_acc") is not None and r.get("checkpoint")]
+    """The trials that trained to the end with a validated, selected checkpoint."""
+    return [r for r in rows if is_finished(r)]
 
 
 def best_trial(rows: list[dict], space: SearchSpace) -> dict | None:
-    """The finished trial that scores best (:meth:`SearchSpace.score`)."""
+    """The finished trial whose selected checkpoint scores best (:meth:`SearchSpace.score`)."""
     finished = finished_trials(rows)
     return max(finished, key=space.score) if finished else None
 
@@ -78,14 +126,17 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 def plot_clean_vs_robust(rows: list[dict], title: str, out: Path) -> Path:
-    """Validation clean vs robust accuracy of the trials, the Pareto front in red."""
+    """Validation clean vs robust accuracy of the trials' selected checkpoints, the Pareto front in
+    red, early-stopped trials as open circles."""
     fig = Figure(figsize=(5, 4), layout="tight")
     ax = fig.add_subplot(1, 1, 1)
     done = [r for r in rows if r.get("val_clean_acc") is not None and r.get("val_robust_acc") is not None]
     if done:
         pts = [(r["val_clean_acc"], r["val_robust_acc"]) for r in done]
         front = set(pareto_front(pts))
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=["C3" if i in front else "C0" for i in range(len(pts))])
+        colours = ["C3" if i in front else "C0" for i in range(len(pts))]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], edgecolors=colours,
+                   facecolors=["none" if r[STOPPED_TAG] else c for r, c in zip(done, colours)])
         fp = sorted(pts[i] for i in front)
         ax.plot([p[0] for p in fp], [p[1] for p in fp], "C3--", label="Pareto front")
         for r, (c, rb) in zip(done, pts):
@@ -110,26 +161,32 @@ def log_search_results(client, parent_run_id: str, rows: list[dict], space: Sear
             return
         (tmp / "best_config.yaml").write_text(yaml.safe_dump(best, sort_keys=False))
         client.log_artifact(parent_run_id, str(tmp / "best_config.yaml"))
-    for p in space.params:
-        client.log_param(parent_run_id, f"best.{p.key}", best.get(p.key))
-    for k in VAL_KEYS:
+    for key in space.searched_keys:
+        client.log_param(parent_run_id, f"best.{key}", best.get(key))
+    for k in ("val_robust_acc", "val_clean_acc"):
         if best.get(k) is not None:
             client.log_metric(parent_run_id, f"best_{k}", best[k])
     client.set_tag(parent_run_id, "best_trial", best["trial_id"])
 
 
 def register_best(client, best: dict, alias: str):
-    """Register the best trial's best checkpoint into the trial's run."""
+    """Register the best trial's selected checkpoint into the trial's run, with the selection's tags."""
     state, cfg = load_checkpoint_at(best["checkpoint"])
-    summary = {k: best.get(k) for k in ("val_clean_acc", "val_robust_acc")}
-    return register_model(client, best["run_id"], network_of(state, cfg), cfg, int(best["best_epoch"]), summary, alias)
+    summary = {k: best.get(k) for k in VAL_KEYS}
+    version = register_model(client, best["run_id"], network_of(state, cfg), cfg, int(best["selected_epoch"]),
+                             summary, alias)
+    for key, value in client.get_run(best["run_id"]).data.tags.items():
+        if key.startswith("selection."):
+            client.set_model_version_tag(version.name, version.version, key, value)
+    return version
 
 
 def summary_lines(name: str, rows: list[dict], finished: int, errors: int, space: SearchSpace) -> list[str]:
     """What the job prints: one line for the search, one per trial."""
-    lines = [f"search {name}: {len(rows)} trial(s), {finished} finished, {errors} errored"]
+    stopped = sum(r[STOPPED_TAG] for r in rows)
+    lines = [f"search {name}: {len(rows)} trial(s), {finished} finished, {stopped} stopped early, {errors} errored"]
     for r in rows:
-        values = ", ".join(f"{p.key}={r.get(p.key)}" for p in space.params)
+        values = ", ".join(f"{k}={r.get(k)}" for k in [*space.searched_keys, SEED_KEY])
         lines.append(f"  {r['trial_id']}  {values}  clean {percent(r.get('val_clean_acc'))}  "
-                     f"robust {percent(r.get('val_robust_acc'))}  ({r['status']})")
+                     f"robust {percent(r.get('val_robust_acc'))}  (epoch {r.get('selected_epoch')}, {r['status']})")
     return lines

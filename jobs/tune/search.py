@@ -1,4 +1,10 @@
-"""The Ray Tune search: its MLflow run (the parent of the trials' runs) and its Tuner."""
+"""The Ray Tune search: its MLflow run (the parent of the trials' runs) and its Tuner.
+
+Grid and random searches hand Tune the explicit list of :func:`~jobs.tune.space.expand_trials`
+(one ``grid_search`` over whole trials, under :data:`TRIAL_KEY`), so a search runs exactly the
+trials ``--dry-run`` prints; a TPE search gives Tune the distributions and Optuna's sampler seeded
+with the space's seed.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +18,8 @@ from stable_snn.config import ConfigError
 from ..config import JobConfig
 from ..tracking.runs import create_run, experiment_id, find_run, log_params
 from ..training.checkpoints import run_path
-from .space import SearchSpace
-from .trial import trial
+from .space import SearchSpace, expand_trials
+from .trial import TRIAL_KEY, trial
 
 
 def open_parent_run(client, base: JobConfig, name: str, space_path: Path, resume: bool) -> str:
@@ -35,10 +41,32 @@ def open_parent_run(client, base: JobConfig, name: str, space_path: Path, resume
 
 
 def param_space(space: SearchSpace) -> dict:
-    """Tune's ``param_space`` (grid_search / choice / uniform / loguniform)."""
-    kinds = {"grid": lambda v: tune.grid_search(list(v)), "choice": lambda v: tune.choice(list(v)),
-             "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
+    """Tune's ``param_space``: the expanded trials (grid, random) or the distributions (TPE)."""
+    if space.search != "tpe":
+        return {TRIAL_KEY: tune.grid_search(expand_trials(space))}
+    kinds = {"choice": lambda v: tune.choice(list(v)), "uniform": lambda v: tune.uniform(*v),
+             "loguniform": lambda v: tune.loguniform(*v)}
     return {p.key: kinds[p.kind](p.values) for p in space.params}
+
+
+def tpe_searcher(space: SearchSpace) -> OptunaSearch:
+    """Optuna's TPE sampler, seeded with the space's seed (its first trials are random draws)."""
+    return OptunaSearch(seed=space.seed)
+
+
+def tpe_samples(space: SearchSpace) -> list[dict]:
+    """The trials a TPE search of ``space`` starts with, asked of the same seeded sampler without results
+    (the first ones, Optuna's random start-up draws, are those the search runs)."""
+    searcher = tpe_searcher(space)
+    searcher.set_search_properties(*space.tune_metric, param_space(space))
+    return [searcher.suggest(f"dry-run-{i}") for i in range(space.num_samples)]
+
+
+def scheduler_of(space: SearchSpace, epochs: int) -> ASHAScheduler | None:
+    """ASHA on the Tune metric (rungs at epochs 1, 2, 4, ...), or None."""
+    if space.scheduler != "asha":
+        return None
+    return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=2)
 
 
 def build_tuner(space: SearchSpace, base: JobConfig, name: str, parent_run_id: str, tracking_uri: str,
@@ -56,15 +84,15 @@ def build_tuner(space: SearchSpace, base: JobConfig, name: str, parent_run_id: s
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     if tune.Tuner.can_restore(path):
         raise ConfigError(f"a Tune experiment exists at {path}; use --resume or another --name")
-    search_alg = OptunaSearch(seed=base.run.seed) if space.search == "tpe" else None
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=base.optim.epochs, grace_period=1, reduction_factor=2)
-                 if space.scheduler == "asha" else None)
+    metric, mode = space.tune_metric
     return tune.Tuner(
         trainable,
         param_space=param_space(space),
         tune_config=tune.TuneConfig(
-            metric=space.metric, mode=space.mode, num_samples=space.num_samples,
-            max_concurrent_trials=space.max_concurrent_trials, search_alg=search_alg, scheduler=scheduler,
+            metric=metric, mode=mode, num_samples=space.num_samples if space.search == "tpe" else 1,
+            max_concurrent_trials=space.max_concurrent_trials,
+            search_alg=tpe_searcher(space) if space.search == "tpe" else None,
+            scheduler=scheduler_of(space, base.optim.epochs),
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=base.run.resolved_storage(),

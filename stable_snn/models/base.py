@@ -42,13 +42,28 @@ class Features(NamedTuple):
     spikes: tuple[torch.Tensor, ...]
 
 
-@dataclass
+@dataclass(frozen=True)
+class Feed:
+    """One path into a spiking layer's input current: ``coef * ops(x)``, ``x`` the spikes of the layer
+    named ``source`` (None: the encoded image), ``ops`` applied in order (pooling, conv, Linear, ...)."""
+
+    source: str | None
+    ops: tuple[nn.Module, ...]
+    coef: float = 1.0
+
+
+@dataclass(frozen=True)
 class Synapse:
-    """The linear map feeding one spiking layer: weight ops applied in order (Conv/Linear/BN)."""
+    """The map feeding one spiking layer: ``I = post(sum of its feeds)`` (``post``: a BatchNorm or nothing).
+
+    It is affine in the spikes of the layers it names; its linear part maps a spike perturbation
+    to the input-current perturbation ``dI`` of Eq. 11 (Theorem 3.1's ``W ds``).
+    """
 
     name: str
     neuron: LIF
-    ops: list[nn.Module]
+    feeds: tuple[Feed, ...]
+    post: tuple[nn.Module, ...] = ()
 
 
 class SpikingNetwork(HasBackend, nn.Module):
@@ -121,8 +136,17 @@ class SpikingNetwork(HasBackend, nn.Module):
         return [m for m in self.modules() if isinstance(m, LIF)]
 
     def synapses(self) -> list[Synapse]:
-        """The synapse (weight ops) and neuron of every spiking layer, named after its block."""
-        return [Synapse(name, b.neuron, b.synapse_ops()) for name, b in self.spiking_blocks()]
+        """The synapse and neuron of every spiking layer, named after its block.
+
+        A plain chain: each layer is fed by the spikes of the layer before it (through that layer's
+        pooling, then its own weight op), the first by the encoded image.  Networks with other
+        wiring (WRN's residual sums) override this.
+        """
+        out, source, carry = [], None, ()
+        for name, block in self.spiking_blocks():
+            out.append(Synapse(name, block.neuron, (Feed(source, (*carry, *block.weight_ops())),), block.post_ops()))
+            source, carry = name, block.output_ops()
+        return out
 
     def dlif_gains(self) -> torch.Tensor | None:
         """``[L, T]`` gains ``a^l[t]`` of all DLIF layers (None when the model has none)."""

@@ -83,9 +83,18 @@ class SpikingBlock(Block):
     pool: nn.Module | None
     records_current: bool
 
-    def synapse_ops(self) -> list[nn.Module]:  # pragma: no cover - abstract
-        """The weight ops feeding the neuron, in order (for the MPPD gains, Theorem 3.1)."""
+    def weight_ops(self) -> tuple[nn.Module, ...]:  # pragma: no cover - abstract
+        """The weight ops from the block's input to the neuron's current before BatchNorm, in order
+        (for the MPPD gains, Theorem 3.1)."""
         raise NotImplementedError
+
+    def post_ops(self) -> tuple[nn.Module, ...]:
+        """What acts on the summed synaptic input before the neuron: the BatchNorm, if any."""
+        return (self.bn,) if self.bn is not None else ()
+
+    def output_ops(self) -> tuple[nn.Module, ...]:
+        """What acts on the spikes before the next layer sees them: the pooling, if any."""
+        return (self.pool,) if self.pool is not None else ()
 
     def fire(self, y: torch.Tensor, trace: Trace | None) -> torch.Tensor:
         """BatchNorm -> neuron -> pooling on the synapse output ``y`` ``[Tx, B, *]``: spikes ``[T, B, *]``."""
@@ -128,9 +137,9 @@ class ConvBNSpiking(SpikingBlock):
     """conv3x3 -> BatchNorm -> neuron (-> AvgPool2d(2)): ``[Tx, B, C, H, W] -> [T, B, C', H', W']``."""
 
     def __init__(self, cin: int, cout: int, neuron: LIF, stride: int = 1, pool: bool = False,
-                 records_current: bool = False) -> None:
+                 records_current: bool = False, bias: bool = False) -> None:
         super().__init__()
-        self.conv = FastConv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv = FastConv2d(cin, cout, 3, stride, 1, bias=bias)
         self.bn = nn.BatchNorm2d(cout)
         self.neuron = neuron
         self.pool = nn.AvgPool2d(2) if pool else None
@@ -139,8 +148,8 @@ class ConvBNSpiking(SpikingBlock):
     def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
         return self.fire(conv_seq(self.conv, x), trace)
 
-    def synapse_ops(self) -> list[nn.Module]:
-        return [self.conv, self.bn]
+    def weight_ops(self) -> tuple[nn.Module, ...]:
+        return (self.conv,)
 
 
 class LinearSpiking(SpikingBlock):
@@ -157,8 +166,8 @@ class LinearSpiking(SpikingBlock):
     def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
         return self.fire(self.linear(x.flatten(2)), trace)
 
-    def synapse_ops(self) -> list[nn.Module]:
-        return [self.linear]
+    def weight_ops(self) -> tuple[nn.Module, ...]:
+        return (nn.Flatten(), self.linear)  # the block flattens [T, B, C, H, W] in NCHW order
 
 
 class BNSpiking(SpikingBlock):
@@ -174,5 +183,5 @@ class BNSpiking(SpikingBlock):
     def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
         return self.fire(x, trace)
 
-    def synapse_ops(self) -> list[nn.Module]:
-        return [self.bn]
+    def weight_ops(self) -> tuple[nn.Module, ...]:
+        return ()

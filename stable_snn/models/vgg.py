@@ -5,7 +5,8 @@ Linear(4096, 4096)-neuron-Linear(4096, classes).  VGG5: 64-A-128-128-A, then the
 classifier on 128*8*8 inputs.  ``A`` is a 2x2 average pooling of the spikes of the block
 before it (:class:`~stable_snn.models.blocks.ConvBNSpiking` with ``pool=True``).  ``width``
 scales every conv width and ``classifier_width`` sets the hidden size of the classifier
-(CPU presets shrink both).
+(CPU presets shrink both).  Weights come from ``init`` (:mod:`.init`) drawn from ``generator``;
+the convolutions carry a bias in the authors' scheme (their VGG), none in PyTorch's.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from .base import SpikingNetwork
 from .blocks import ConvBNSpiking, LinearSpiking, Trace
+from .init import check_init, init_weights
 
 VGG_LAYOUTS = {
     "vgg5": (64, "A", 128, 128, "A"),
@@ -50,6 +52,8 @@ class SpikingVGG(SpikingNetwork):
         mean=None,
         std=None,
         backend: str = "eager",
+        init: str = "authors",
+        generator: torch.Generator | None = None,
         **neuron_kwargs,
     ) -> None:
         kw = {"mean": mean, "std": std}
@@ -59,11 +63,13 @@ class SpikingVGG(SpikingNetwork):
         if classifier_width < 1:
             raise ValueError(f"classifier_width must be >= 1, got {classifier_width}")
         self.image_size = image_size  # the classifier's input size fixes the image size
+        conv_bias = check_init(init) == "authors"
         channels, size = in_channels, image_size
         self.features = nn.ModuleList()
         for item, pooled in conv_stages(layout):
             out = max(1, int(round(item * width)))
-            self.features.append(ConvBNSpiking(channels, out, self._neuron(neuron, neuron_kwargs), pool=pooled))
+            self.features.append(ConvBNSpiking(channels, out, self._neuron(neuron, neuron_kwargs), pool=pooled,
+                                               bias=conv_bias))
             channels, size = out, size // 2 if pooled else size
         fin = channels * size * size
         self.classifier = nn.ModuleList([
@@ -73,6 +79,7 @@ class SpikingVGG(SpikingNetwork):
         self.head = nn.Linear(classifier_width, num_classes)
         self.num_classes = num_classes
         self.backend = backend
+        init_weights(self, init, generator)
 
     def forward_trunk(self, x: torch.Tensor, trace: Trace) -> torch.Tensor:
         """``[Tx, B, C, H, W]`` -> conv blocks -> classifier blocks -> pre-logits ``[T, B, classifier_width]``."""

@@ -4,7 +4,8 @@ Block (:class:`PreActBlock`): o = N(BN(x)); y = conv2(N(BN(conv1(o)))); out = w0
 with (w0, w1) a learned convex combination initialised to (0.5, 0.5) and kept on the
 simplex by the SNN-RAT regulariser (``stable_snn.regularizers``).  The shortcut is ``x``
 or, when the shape changes, a 1x1 conv of ``o``.  The stem is a 3x3 conv; after the three
-groups: BN-neuron (the last spiking layer), global average pooling, Linear.
+groups: BN-neuron (the last spiking layer), global average pooling, Linear.  Weights come from
+``init`` (:mod:`.init`) drawn from ``generator``; the convolutions have no bias in either scheme.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import torch
 from torch import nn
 
 from ..neurons import LIF
-from .base import SpikingNetwork
+from .base import Feed, SpikingNetwork, Synapse
 from .blocks import Block, BNSpiking, ConvBNSpiking, Trace, conv_seq, fold
 from .fast import FastConv2d
+from .init import init_weights
 
 
 class ConvexCombination(nn.Module):
@@ -67,6 +69,8 @@ class SpikingWRN(SpikingNetwork):
         mean=None,
         std=None,
         backend: str = "eager",
+        init: str = "authors",
+        generator: torch.Generator | None = None,
         **neuron_kwargs,
     ) -> None:
         kw = {"mean": mean, "std": std}
@@ -90,6 +94,29 @@ class SpikingWRN(SpikingNetwork):
         self.head = nn.Linear(cin, num_classes)
         self.num_classes = num_classes
         self.backend = backend
+        init_weights(self, init, generator)
+
+    def synapses(self) -> list[Synapse]:
+        """Every spiking layer's synapse, with the residual stream followed back to the spikes that feed it.
+
+        The stream entering a block is a weighted sum of paths: the stem on the image, and for each
+        earlier block ``w1 * conv2(mid spikes)`` plus ``w0`` times its shortcut (the stream itself, or
+        a 1x1 conv of the block's ``pre`` spikes).  A block's ``pre`` layer and the ``final`` layer see
+        BatchNorm of that sum; a ``mid`` layer sees conv1 of its block's ``pre`` spikes, then BatchNorm.
+        """
+        names = {id(m): n for n, m in self.named_modules()}
+        stream = [Feed(None, (self.stem,))]
+        out = []
+        for block in self.blocks:
+            pre, mid = names[id(block.pre)], names[id(block.mid)]
+            out.append(Synapse(pre, block.pre.neuron, tuple(stream), block.pre.post_ops()))
+            out.append(Synapse(mid, block.mid.neuron, (Feed(pre, block.mid.weight_ops()),), block.mid.post_ops()))
+            w0, w1 = (float(w) for w in block.combine.weight.detach())
+            short = ([Feed(f.source, f.ops, w0 * f.coef) for f in stream] if block.shortcut is None
+                     else [Feed(pre, (block.shortcut,), w0)])
+            stream = [*short, Feed(mid, (block.conv2,), w1)]
+        out.append(Synapse(names[id(self.final)], self.final.neuron, tuple(stream), self.final.post_ops()))
+        return out
 
     def forward_trunk(self, x: torch.Tensor, trace: Trace) -> torch.Tensor:
         """``[Tx, B, C, H, W]`` -> stem -> blocks -> BN-neuron -> global pooling: pre-logits ``[T, B, C']``."""

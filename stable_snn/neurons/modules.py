@@ -12,8 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..perturbation import mppd
 from .functional import check_gain_form, lif_multistep_reference
 from .surrogate import Surrogate, Triangle
+
+MPPD_FORMS = ("lambda", "dlif")  # the recursion of a layer's MPPD: lam alone, or the DLIF dynamics
+
+
+def check_mppd_form(form: str) -> None:
+    if form not in MPPD_FORMS:
+        raise ValueError(f"MPPD form must be one of {MPPD_FORMS}, got {form!r}")
 
 
 class LIF(nn.Module):
@@ -74,24 +82,25 @@ class LIF(nn.Module):
             return lam
         return lam * g.detach().float().cpu()
 
-    def mppd_leak(self) -> torch.Tensor | float:
-        """Differentiable per-step leak of Eq. 11 for the loss: ``lam * a[t]`` ([T]) or ``lam``."""
-        g = self.gains()
-        if g is None or self.gain_form == "input":
-            return self.leak
-        return self.leak * g
+    def perturbation_dynamics(self, delta_current: torch.Tensor, form: str = "lambda") -> torch.Tensor:
+        """MPPD (Eq. 11) of this layer for an input-current difference ``[T, B, *]`` (before any gain).
 
-    def perturbation_dynamics(self, delta_current: torch.Tensor) -> torch.Tensor:
-        """MPPD (Eq. 11) of this layer for an input-current difference ``[T, B, *]``.
+        ``form`` (:data:`MPPD_FORMS`):
 
-        In the "input" form the gain scales the current before it enters the dynamics.
+        * ``"lambda"`` (default, the authors' code): eps[t] = lam * eps[t-1] + dI[t] on the pre-gain
+          current; the DLIF gains take no part, so the regulariser never pushes them.
+        * ``"dlif"`` (the paper's DLIF dynamics): the leak of step t is ``lam * a[t]`` in the "leak"
+          form, the difference is scaled by ``a[t]`` in the "input" form; the gains are detached, so
+          the regulariser shapes the weights only.
         """
-        from ..perturbation import mppd
-
-        scale = self.input_scale()
-        if scale is not None:
-            delta_current = delta_current * scale.view(-1, *([1] * (delta_current.dim() - 1)))
-        return mppd(delta_current, self.mppd_leak())
+        check_mppd_form(form)
+        g = self.gains()
+        if form == "lambda" or g is None:
+            return mppd(delta_current, self.leak)
+        g = g.detach().to(delta_current.dtype)
+        if self.gain_form == "input":
+            return mppd(delta_current * g.view(-1, *([1] * (delta_current.dim() - 1))), self.leak)
+        return mppd(delta_current, self.leak * g)
 
     def input_scale(self) -> torch.Tensor | None:
         """Per-step scale of the input current (``a[t]`` in the "input" form), else None."""

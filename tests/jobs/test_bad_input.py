@@ -57,7 +57,8 @@ BAD_SETTINGS = [
     (["model.neuron=izhikevich"], ["model.neuron='izhikevich'", "allowed one of lif, dlif"]),
     (["data.dataset=mnist"], ["data.dataset='mnist'", "allowed one of cifar10, cifar100"]),
     (["objective.mode=trades"], ["objective.mode='trades'", "allowed one of natural, gaussian, at, at_reg"]),
-    (["run.num_workers=4", "optim.batch_size=2"], ["optim.batch_size=2", "allowed >= run.num_workers (4)"]),
+    (["run.num_workers=4", "data.train_subset=100"], ["data.train_subset=100", "every worker needs a full batch"]),
+    (["objective.mppd_leak=paper"], ["objective.mppd_leak='paper'", "allowed one of lambda, dlif"]),
     (["run.validation_cpus=-1"], ["run.validation_cpus=-1.0", "allowed a number >= 0.0"]),
     # fault injection is a test-only plan (jobs.training.faults), never a config field
     (["run.nan_at_epoch=2"], ["unknown key(s) run.nan_at_epoch", "allowed: run.name"]),

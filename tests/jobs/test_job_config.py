@@ -20,12 +20,21 @@ def test_run_fields_are_validated(name, value, allowed):
     assert f"run.{name}={value!r} is invalid" in str(err.value) and allowed in str(err.value)
 
 
-@pytest.mark.parametrize("workers,batch", [(4, 2), (8, 7)])
-def test_batch_smaller_than_workers(workers, batch):
+@pytest.mark.parametrize("workers,subset", [(4, 255), (2, 127)])
+def test_every_worker_needs_a_full_batch_of_training_images(workers, subset):
+    """optim.batch_size is one worker's batch: W workers need batch_size x W training images per step."""
     with pytest.raises(ConfigError) as err:
-        job_config_from_dict({"optim": {"batch_size": batch}, "run": {"num_workers": workers}})
-    assert f"optim.batch_size={batch} is invalid: allowed >= run.num_workers ({workers})" in str(err.value)
-    assert job_config_from_dict({"optim": {"batch_size": workers}, "run": {"num_workers": workers}})
+        job_config_from_dict({"data": {"train_subset": subset}, "optim": {"batch_size": 64}, "run": {"num_workers": workers}})
+    assert f"data.train_subset={subset} is invalid: allowed >= optim.batch_size x run.num_workers ({64 * workers})" in str(err.value)
+    assert job_config_from_dict({"data": {"train_subset": 64 * workers}, "run": {"num_workers": workers}})
+
+
+def test_derived_params_state_the_global_batch_and_the_scaled_lr():
+    cfg = job_config_from_dict({"optim": {"batch_size": 64, "lr": 0.1}, "run": {"num_workers": 4}})
+    assert cfg.derived_params() == {"derived.weight_decay": 5e-4, "derived.global_batch_size": 256,
+                                    "derived.lr": pytest.approx(0.4)}
+    unscaled = job_config_from_dict({"optim": {"lr_scaling": "none"}, "run": {"num_workers": 4}})
+    assert unscaled.derived_params()["derived.lr"] == pytest.approx(0.1)
 
 
 def test_a_job_config_is_the_library_config_plus_run():

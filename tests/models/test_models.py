@@ -164,3 +164,56 @@ def test_dlif_gains_get_gradients_from_task_loss(name, form):
     grads = [m.gain.grad for m in model.spiking_layers()]
     assert all(g is not None for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+# -- initialisation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_authors_initialisation_is_the_default(name):
+    """Kaiming-normal with fan_out and the ReLU gain (std sqrt(2 / fan_out)) for every conv and Linear
+    weight, zero biases, BatchNorm 1 / 0; VGG's convolutions carry a bias, WRN's none."""
+    model = build_model(name, CLASSES, T, "dlif", width=0.5, classifier_width=256, generator=torch.Generator().manual_seed(0))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all((m.bias is not None) == name.startswith("vgg") for m in convs)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.weight.numel() >= 4000:
+            fan_out = m.weight.shape[0] * m.weight[0, 0].numel()
+            w = m.weight.detach()
+            assert float(w.std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.05), m
+            assert abs(float(w.mean())) < 0.1 * (2 / fan_out) ** 0.5
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None:
+            assert not m.bias.any()
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any()
+
+
+def test_pytorchs_initialisation_is_an_option():
+    """``init="pytorch"``: PyTorch's defaults (uniform within 1/sqrt(fan_in)), bias-free VGG convolutions."""
+    model = build_model("vgg5", CLASSES, T, "dlif", width=0.5, classifier_width=256, init="pytorch",
+                        generator=torch.Generator().manual_seed(0))
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            assert m.bias is None
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            bound, largest = 1 / m.weight[0].numel() ** 0.5, float(m.weight.detach().abs().max())
+            assert 0.9 * bound < largest <= bound
+    with pytest.raises(ValueError, match="init must be one of"):
+        build_model("vgg5", CLASSES, T, "dlif", init="xavier")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_generator_fixes_the_weights_and_leaves_the_global_rng_alone(name):
+    """Two builds from one seed are identical bit for bit whatever the global generator holds, another
+    seed gives other weights, and a build from a generator does not move the global generator."""
+    def build(seed: int):
+        return build_model(name, CLASSES, T, "dlif", width=0.125, classifier_width=32,
+                           generator=torch.Generator().manual_seed(seed))
+
+    state = torch.get_rng_state()
+    a = build(7)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(100)  # the global generator moves on; the next build must not care
+    b, c = build(7), build(8)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))

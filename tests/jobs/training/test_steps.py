@@ -9,16 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.config import job_config_from_dict
+from jobs.config import job_config_from_dict, load_job_config
 from jobs.errors import NonFiniteLossError
 from jobs.training.checkpoints import NONFINITE_MARKER, load_checkpoint, save_checkpoint
 from jobs.training.faults import FAULT_PLAN_ENV, FaultPlan, job_runtime_env
 from jobs.training.steps import (
-    EpochGenerators, checkpoint_state, epoch_seeds, gain_metrics, report_payload, restore, resume_point, run_epoch,
+    EpochGenerators, build_parts, checkpoint_state, epoch_seeds, gain_metrics, report_payload, restore, resume_point,
+    run_epoch,
 )
 from stable_snn.config import build_network
 from stable_snn.data import CIFARArrayDataset, ImageArrays
 from stable_snn.objective import TwoPass, build_optimizer, build_perturbation
+from tests.jobs.helpers import REPO
 
 TINY = {"model": {"arch": "vgg5", "timesteps": 2, "width": 0.25, "classifier_width": 32},
         "objective": {"mode": "gaussian"}, "optim": {"epochs": 3, "batch_size": 4}}
@@ -147,6 +149,77 @@ def test_gain_metrics_name_every_layer_and_step(tmp_path):
     gains = model.dlif_gains()
     metrics = gain_metrics(model)
     assert len(metrics) == gains.numel() and metrics["dlif_gain/l0_t1"] == pytest.approx(float(gains[0, 1]))
+
+
+# -- what a worker trains with: seeds, the BatchNorm batch, loss scaling -------------------------
+
+
+def one_epoch_run(cfg, dataset):
+    """A worker's first epoch in-process, as the Ray worker runs it: its parts from the config, then
+    the epoch's seeding and one epoch of train_step.  Returns (initial state, final state, metrics)."""
+    parts = build_parts(cfg, dataset)
+    initial = {k: v.clone() for k, v in parts.model.state_dict().items()}
+    parts.generators.start_epoch(parts.loader, dataset, cfg.run.seed, 1, 0)
+    metrics = run_epoch(cfg, parts.model, parts.forward, parts.optimizer, parts.loader,
+                        build_perturbation(cfg.objective), parts.generators, torch.device("cpu"), epoch=1,
+                        scaler=parts.scaler)
+    return initial, parts.model.state_dict(), metrics
+
+
+def test_a_seed_fixes_a_run_bit_for_bit(tmp_path):
+    """Same run.seed: the same initial weights, data order, augmentation and RFGSM noise, so two
+    one-epoch runs (fp32, CPU) end with identical weights, whatever the global RNG holds; another
+    seed starts elsewhere."""
+    cfg = job_config_from_dict(TINY | {"objective": {"mode": "at"}, "optim": {"epochs": 1, "batch_size": 4},
+                                       "run": {"name": "seeded", "storage_path": str(tmp_path), "seed": 5}})
+    first = one_epoch_run(cfg, tiny_dataset(16))
+    torch.rand(1000)  # the global generator moves: nothing in a run may depend on it
+    second = one_epoch_run(cfg, tiny_dataset(16))
+    for a, b in ((first[0], second[0]), (first[1], second[1])):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert first[2] == {**second[2], "images_per_s": first[2]["images_per_s"]}
+    assert any(not torch.equal(first[0][k], first[1][k]) for k in first[0])  # it trained
+    other = build_parts(job_config_from_dict(cfg.to_dict() | {"run": {**cfg.to_dict()["run"], "seed": 6}}),
+                        tiny_dataset(16)).model.state_dict()
+    assert any(not torch.equal(first[0][k], other[k]) for k in other)
+
+
+def test_a_four_worker_paper_preset_normalises_over_64_images():
+    """optim.batch_size is the batch of one BatchNorm pass on every worker: a paper preset on 4 workers
+    serves each worker batches of 64 (its own quarter of the data), global 256, lr scaled to 0.4."""
+    cfg = load_job_config(REPO / "jobs" / "configs" / "paper-vgg11-cifar10-at-rho1.yaml",
+                          ["model.width=0.125", "model.classifier_width=32", "data.loader_workers=0"])
+    assert cfg.run.num_workers == 4 and cfg.optim.batch_size == 64
+    dataset = tiny_dataset(600, augment=False)
+    parts = build_parts(cfg, dataset, world_size=4, rank=1)
+    assert parts.loader.batch_size == 64 and len(parts.loader) == 600 // 4 // 64
+    images, _ = next(iter(parts.loader))
+    assert images.shape[0] == 64  # what each BatchNorm of this worker normalises over, per pass
+    assert parts.loader.sampler.num_replicas == 4 and parts.loader.sampler.rank == 1
+    assert parts.optimizer.param_groups[0]["lr"] == pytest.approx(0.4)
+    assert parts.scaler is None  # bf16: no loss scaling needed
+
+
+def test_fp16_trains_with_a_loss_scaler(tmp_path):
+    """fp16 gets a GradScaler that every step goes through (its growth tracker counts the good steps),
+    and the checkpoint keeps its state for a resume; fp32 and bf16 get none."""
+    cfg = job_config_from_dict(TINY | {"optim": {"epochs": 1, "batch_size": 4, "precision": "fp16"},
+                                       "run": {"name": "fp16", "storage_path": str(tmp_path), "seed": 1}})
+    dataset = tiny_dataset(8, augment=False)
+    parts = build_parts(cfg, dataset)
+    assert isinstance(parts.scaler, torch.amp.GradScaler) and parts.scaler.is_enabled()
+    parts.generators.start_epoch(parts.loader, dataset, 1, 1, 0)
+    metrics = run_epoch(cfg, parts.model, parts.forward, parts.optimizer, parts.loader, build_perturbation(cfg.objective),
+                        parts.generators, torch.device("cpu"), epoch=1, scaler=parts.scaler)
+    assert np.isfinite(metrics["train_loss"])
+    assert parts.scaler.state_dict()["_growth_tracker"] == len(parts.loader) == 2
+    state = checkpoint_state(parts.model, parts.optimizer, parts.scheduler, 1, [], [], parts.scaler)
+    fresh = build_parts(cfg, dataset)
+    restore(state, fresh.model, fresh.optimizer, fresh.scheduler, fresh.scaler)
+    assert fresh.scaler.state_dict() == parts.scaler.state_dict()
+    for precision in ("fp32", "bf16"):
+        other = job_config_from_dict(cfg.to_dict() | {"optim": {**cfg.to_dict()["optim"], "precision": precision}})
+        assert build_parts(other, dataset).scaler is None
 
 
 # -- the test-only fault plan -------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The Tune job: space validation (fast) and a real search on a real Ray cluster and MLflow server (slow)."""
+"""The Tune job: spaces, their trials and the dry run, the report (fast), and real searches on a real Ray
+cluster and MLflow server (slow)."""
 from __future__ import annotations
 
 import os
@@ -11,9 +12,10 @@ import pytest
 import yaml
 
 from jobs.config import load_job_config
-from jobs.tune.search import param_space
-from jobs.tune.space import SpaceError, load_space, parse_space
-from jobs.tune.trial import trial_config
+from jobs.tune.__main__ import main as tune_main
+from jobs.tune.search import param_space, tpe_samples
+from jobs.tune.space import SCORE, SpaceError, expand_trials, load_space, parse_space
+from jobs.tune.trial import TRIAL_KEY, point_tag, trial_config, trial_values, with_score
 from tests.jobs.helpers import QUICK, REPO, job_env
 
 SPACES = sorted((REPO / "tune_spaces").glob("*.yaml"))
@@ -30,7 +32,7 @@ def test_every_shipped_space_parses_and_validates(path, base):
     assert space.name == path.stem
     assert space.params
     tune_space = param_space(space)
-    assert set(tune_space) == {p.key for p in space.params}
+    assert set(tune_space) == ({p.key for p in space.params} if space.search == "tpe" else {TRIAL_KEY})
 
 
 def test_shipped_spaces_cover_the_paper(base):
@@ -40,6 +42,20 @@ def test_shipped_spaces_cover_the_paper(base):
     assert grid.params[0].values == (0.0, 0.5, 1.0, 2.0)
     t2 = load_space(REPO / "tune_spaces" / "table2.yaml", base)
     assert {p.key for p in t2.params} == {"model.neuron", "objective.regularizer"} and t2.fixed["objective.rho"] == 1.0
+    assert "mppd_tv_l1" in next(p for p in t2.params if p.key == "objective.regularizer").values
+
+
+def test_table2_cpu_is_three_points_times_two_seeds_with_one_rho0_point_per_seed():
+    """rho in {0, 1} x regulariser where rho > 0, replicated over seeds 0 and 1: six trials, no duplicate
+    rho = 0 trials; the report groups them by point with the seed left out."""
+    space = load_space(REPO / "tune_spaces" / "table2-cpu.yaml", load_job_config(REPO / "jobs/configs/ablation-cpu.yaml"))
+    trials = expand_trials(space)
+    assert len(trials) == 6 and len({point_tag(t) + str(t["run.seed"]) for t in trials}) == 6
+    assert sorted(t["run.seed"] for t in trials) == [0, 0, 0, 1, 1, 1]
+    assert sum(t["objective.rho"] == 0.0 for t in trials) == 2
+    assert {t.get("objective.regularizer") for t in trials if t["objective.rho"] == 1.0} == {"ms_mppd", "mppd_tv_l1"}
+    assert space.searched_keys == ["objective.rho", "objective.regularizer"] and space.test_images == 2000
+    assert param_space(space)[TRIAL_KEY] == {"grid_search": trials}  # what Tune runs is what the dry run prints
 
 
 GOOD = {"name": "s", "search": "grid", "params": {"objective.rho": {"grid": [0.0, 1.0]}}}
@@ -55,7 +71,16 @@ GOOD = {"name": "s", "search": "grid", "params": {"objective.rho": {"grid": [0.0
         ({"params": {"objective.rho": {"grid": [-1.0, 1.0]}}}, "objective.rho=-1.0 is invalid"),
         ({"params": {"objective.chi": {"grid": [0.5, 1.5]}}}, "objective.chi=1.5 is invalid"),
         ({"params": {"objective.rhoo": {"grid": [1.0]}}}, "objective.rhoo is not a training config field"),
-        ({"params": {"run.seed": {"grid": [1]}}}, "run.* fields are set per trial"),
+        ({"params": {"run.num_workers": {"grid": [1]}}}, "run.* fields are set per trial"),
+        ({"params": {"run.seed": {"grid": [-1]}}}, "run.seed=-1 is invalid"),
+        ({"search": "random", "params": {"run.seed": {"choice": [0, 1]}}}, "every point is run once per seed"),
+        ({"points": [{"objective.chi": 0.5}], "search": "random", "params": {"objective.rho": {"choice": [0.0]}}},
+         "grid when the space lists points"),
+        ({"points": [{"objective.rho": 0.5}]}, "fields that are not also params"),
+        ({"points": [{"objective.chi": 0.5}, {"objective.chi": 0.5}]}, "distinct points"),
+        ({"points": [{"objective.chi": 1.5}]}, "points[0]: objective.chi=1.5 is invalid"),
+        ({"test_images": 0}, "test_images=0 is invalid"),
+        ({"seed": -3}, "seed=-3 is invalid"),
         ({"params": {"objective.rho": {"normal": [0, 1]}}}, "allowed one of grid, choice, uniform, loguniform"),
         ({"search": "random"}, "use {choice: [...]}"),
         ({"search": "tpe", "params": {"objective.beta": {"loguniform": [0.0, 1.0]}}}, "bounds > 0"),
@@ -81,8 +106,8 @@ def test_a_trial_config_applies_the_fixed_fields_then_the_drawn_values(base):
     assert trial_config(drawn_over_fixed, base, {"objective.rho": 0.0}, "s", "t").objective.rho == 0.0
 
 
-def test_param_space_maps_each_distribution(base):
-    space = parse_space({"name": "s", "search": "random", "params": {
+def test_tpe_gets_the_distributions_and_grid_and_random_get_their_trials(base):
+    space = parse_space({"name": "s", "search": "tpe", "params": {
         "objective.rho": {"uniform": [0.0, 2.0]}, "objective.beta": {"loguniform": [1e-4, 1e-2]},
         "model.neuron": {"choice": ["lif", "dlif"]}}}, base)
     tuned = param_space(space)
@@ -91,14 +116,49 @@ def test_param_space_maps_each_distribution(base):
     assert type(tuned["objective.beta"].get_sampler()).__name__ == "_LogUniform"  # ray.tune.search.sample
     assert tuned["model.neuron"].categories == ["lif", "dlif"]
     grid = param_space(parse_space(GOOD, base))
-    assert grid["objective.rho"] == {"grid_search": [0.0, 1.0]}
+    assert grid == {TRIAL_KEY: {"grid_search": [{"objective.rho": 0.0}, {"objective.rho": 1.0}]}}
+    assert trial_values({TRIAL_KEY: {"objective.rho": 0.0}}) == {"objective.rho": 0.0}
+    assert trial_values({"objective.rho": 0.3}) == {"objective.rho": 0.3}  # TPE's draws come flat
 
 
-def test_score_uses_weighted_objective(base):
+def test_random_and_tpe_trials_are_drawn_from_the_spaces_seed(base):
+    spec = {"name": "s", "search": "random", "num_samples": 5, "params": {
+        "objective.rho": {"uniform": [0.0, 2.0]}, "objective.beta": {"loguniform": [1e-4, 1e-2]},
+        "model.neuron": {"choice": ["lif", "dlif"]}}}
+    draws = expand_trials(parse_space(spec, base))
+    assert draws == expand_trials(parse_space(spec, base)) and len(draws) == 5
+    assert draws != expand_trials(parse_space({**spec, "seed": 1}, base))
+    assert all(0 <= d["objective.rho"] <= 2 and 1e-4 <= d["objective.beta"] <= 1e-2 for d in draws)
+    tpe = {**spec, "search": "tpe"}
+    assert tpe_samples(parse_space(tpe, base)) == tpe_samples(parse_space(tpe, base))
+    assert tpe_samples(parse_space(tpe, base)) != tpe_samples(parse_space({**tpe, "seed": 1}, base))
+
+
+def test_the_dry_run_of_reg_strength_shows_mode_at_reg_in_every_trial(capsys, monkeypatch):
+    """``--dry-run`` prints every trial's resolved overrides (the space's fixed block through the one
+    override builder) without Ray or MLflow: the tracking URI points nowhere and Ray stays down."""
+    import ray
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    code = tune_main(["--space", str(REPO / "tune_spaces" / "reg-strength.yaml"), "--config", str(QUICK), "--dry-run"])
+    out = capsys.readouterr().out.splitlines()
+    trials = [line for line in out if line.strip().startswith("trial ")]
+    assert code == 0 and len(trials) == 12 and "12 trial(s)" in out[0]
+    assert all("objective.mode=at_reg" in line and "objective.beta=" in line for line in trials)
+    assert len({line.split(": ", 1)[1] for line in trials}) == 12
+    assert not ray.is_initialized()
+
+
+def test_score_uses_weighted_objective_and_is_what_tune_optimises(base):
     space = parse_space({**GOOD, "objective": {"val_robust_acc": 1.0, "val_clean_acc": 0.5}}, base)
     assert space.score({"val_robust_acc": 0.2, "val_clean_acc": 0.6}) == pytest.approx(0.5)
+    assert space.tune_metric == (SCORE, "max")
+    assert with_score(space, {"val_robust_acc": 0.2, "val_clean_acc": 0.6, "epoch": 1})[SCORE] == pytest.approx(0.5)
+    assert SCORE not in with_score(space, {"val_robust_acc": 0.2})  # an epoch without both metrics
     plain = parse_space(GOOD, base)
     assert plain.score({"val_robust_acc": 0.3}) == pytest.approx(0.3)
+    assert plain.tune_metric == ("val_robust_acc", "max") and with_score(plain, {"val_robust_acc": 0.3}) == {
+        "val_robust_acc": 0.3}
 
 
 TRIAL = [
