@@ -165,6 +165,28 @@ def test_a_convolution_synapse_gain_is_the_operator_norm_of_the_convolution(stri
     assert abs(got - flattened) > 1e-3 * flattened  # the kernel as a matrix is another number
 
 
+def test_vgg_synapses_follow_the_spikes_through_the_pooling():
+    """A VGG layer is fed by the spikes of the layer before it through that layer's 2x2 pooling; the
+    classifier's first layer sees the last conv block's pooled spikes, flattened."""
+    model = seeded("vgg5", "lif").eval()
+    feeds = {s.name: (s.feeds[0].source, [type(op).__name__ for op in s.feeds[0].ops]) for s in model.synapses()}
+    assert feeds == {
+        "features.0": (None, ["FastConv2d"]), "features.1": ("features.0", ["AvgPool2d", "FastConv2d"]),
+        "features.2": ("features.1", ["FastConv2d"]),
+        "classifier.0": ("features.2", ["AvgPool2d", "Flatten", "Linear"]),
+        "classifier.1": ("classifier.0", ["Flatten", "Linear"]),
+    }
+    shapes = source_shapes(model)
+    assert shapes["features.2"] == (1, 16, 16, 16)  # width 0.125: 16 channels at 16x16, before the pooling
+    lin = model.classifier[0].linear
+    jac = torch.autograd.functional.jacobian(
+        lambda s: F.linear(F.avg_pool2d(s, 2).flatten(1), lin.weight.detach().double()).flatten(),
+        torch.zeros(shapes["features.2"], dtype=torch.float64))
+    expected = torch.linalg.matrix_norm(jac.reshape(jac.shape[0], -1), ord=2).item()
+    syn = next(s for s in model.synapses() if s.name == "classifier.0")
+    assert synapse_norm(syn, shapes, iters=300, generator=gen(25)) == pytest.approx(expected, rel=1e-4)
+
+
 @pytest.fixture(scope="module")
 def wrn():
     """A small WRN16 with BatchNorm statistics and residual weights away from their initial values."""

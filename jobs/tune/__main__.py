@@ -88,7 +88,7 @@ def search(args: argparse.Namespace) -> int:
 
     client = client_for(tracking_uri)
     connect_ray()
-    parent = open_parent_run(client, base, name, Path(args.space), args.resume)
+    parent = open_parent_run(client, base, space, name, Path(args.space), args.resume)
     status = "FAILED"
     try:
         results = build_tuner(space, base, name, parent, tracking_uri, args.trial_cpus, args.resume).fit()

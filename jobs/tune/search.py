@@ -22,9 +22,9 @@ from .space import SearchSpace, expand_trials
 from .trial import TRIAL_KEY, trial
 
 
-def open_parent_run(client, base: JobConfig, name: str, space_path: Path, resume: bool) -> str:
-    """The search's MLflow run: created with the base config as ``base.*`` params and the space file,
-    or, with ``resume``, the existing one reopened."""
+def open_parent_run(client, base: JobConfig, space: SearchSpace, name: str, space_path: Path, resume: bool) -> str:
+    """The search's MLflow run: created with the base config as ``base.*`` params, the metric Tune
+    optimises and the space file, or, with ``resume``, the existing one reopened."""
     exp = experiment_id(client, base.run.experiment)
     existing = find_run(client, exp, name, job="tune")
     if existing is not None:
@@ -35,7 +35,10 @@ def open_parent_run(client, base: JobConfig, name: str, space_path: Path, resume
     if resume:
         raise ConfigError(f"--resume: no search named {name!r} in experiment {base.run.experiment!r}")
     run_id = create_run(client, exp, name, "tune")
-    log_params(client, run_id, {f"base.{k}": v for k, v in base.flat().items()})
+    metric, mode = space.tune_metric
+    log_params(client, run_id, {f"base.{k}": v for k, v in base.flat().items()} | {
+        "tune.metric": metric, "tune.mode": mode, "tune.search": space.search, "tune.scheduler": space.scheduler,
+        "tune.seed": space.seed})
     client.log_artifact(run_id, str(space_path))
     return run_id
 

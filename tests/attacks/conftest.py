@@ -13,13 +13,18 @@ from tests.threads import torch_threads
 
 @pytest.fixture
 def tiny_model() -> torch.nn.Module:
-    return seeded_model(0).eval()
+    """Untrained, with a threshold at which every layer spikes in eval mode (at the default threshold
+    this network is silent, its output constant and every input gradient zero)."""
+    return seeded_model(0, threshold=0.5).eval()
 
 
 @pytest.fixture
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+def batch(tiny_model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images labelled with ``tiny_model``'s own predictions, so that every attack starts
+    from correctly classified inputs and has something to do."""
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return x, tiny_model(x).mean(0).argmax(1)
 
 
 @pytest.fixture(scope="session")

@@ -227,3 +227,46 @@ def test_rho_grid_interrupted_and_resumed(tmp_path, mlflow_server, ray_head, cif
     mv = client.get_model_version_by_alias("test-tune", "candidate")
     assert float(mv.tags["val_robust_acc"]) == pytest.approx(best.data.metrics["val_robust_acc"], abs=1e-4)
     assert parent_run.data.metrics["best_val_robust_acc"] == pytest.approx(best.data.metrics["val_robust_acc"])
+
+
+@pytest.mark.slow
+def test_asha_stops_a_trial_whose_run_ends_with_what_it_reached(tmp_path, mlflow_server, ray_head, cifar10):
+    """A tiny two-trial grid under ASHA with a fixed block and a weighted objective: every child run
+    carries the fixed objective.mode=at_reg; the trial whose network never spikes (threshold 1e6,
+    a constant prediction) is stopped at its first rung by the weighted score Tune optimises, and its
+    child run ends KILLED with a stopped_early tag, the epoch-1 metrics it reached and its selected
+    checkpoint, and appears in the trials table; the finished trial is registered with its selection."""
+    from mlflow import MlflowClient
+
+    env = job_env(mlflow_server.address, tmp_path / "storage", cifar10.root, ray_address=ray_head.gcs_address)
+    space = {"name": "asha", "search": "grid", "scheduler": "asha", "max_concurrent_trials": 1,
+             "objective": {"val_robust_acc": 1.0, "val_clean_acc": 0.25}, "fixed": {"objective.mode": "at_reg"},
+             "points": [{"model.threshold": 0.5}, {"model.threshold": 1.0e6}], "params": {"run.seed": {"grid": [0]}}}
+    (tmp_path / "asha.yaml").write_text(yaml.safe_dump(space))
+    args = ["--space", str(tmp_path / "asha.yaml"), "--config", str(QUICK), "--name", "asha-test", *TRIAL,
+            "--set", "optim.epochs=2", "--set", "run.registered_model=test-asha", "--trial-cpus", "0.25",
+            *cifar10.overrides()[2:]]
+    out = subprocess.run([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
+    client = MlflowClient(mlflow_server.address)
+    exp = client.get_experiment_by_name("stable-snn")
+    parent = client.search_runs([exp.experiment_id], filter_string="tags.`stable_snn.run_name` = 'asha-test'")[0]
+    assert parent.data.params["tune.metric"] == "objective_score"
+    children = {float(r.data.params["model.threshold"]): r for r in _children(client, parent.info.run_id)}
+    assert set(children) == {0.5, 1.0e6}
+    assert all(r.data.params["objective.mode"] == "at_reg" for r in children.values())  # the fixed block
+    stopped, finished = children[1.0e6], children[0.5]
+    steps = {k: [m.step for m in client.get_metric_history(r.info.run_id, "val_robust_acc")]
+             for k, r in children.items()}
+    assert stopped.info.status == "KILLED" and stopped.data.tags.get("stopped_early") == "true", steps
+    assert steps == {0.5: [1, 2], 1.0e6: [1]} and stopped.data.tags["selected_epoch"] == "1"
+    assert finished.info.status == "FINISHED" and "stopped_early" not in finished.data.tags
+    table = (tmp_path / "trials.csv")
+    client.download_artifacts(parent.info.run_id, "trials.csv", str(tmp_path))
+    assert "True" in table.read_text() and stopped.data.tags["stable_snn.trial_id"] in table.read_text()
+    assert {"report.md", "report.csv", "report.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    mv = client.get_model_version_by_alias("test-asha", "candidate")
+    assert mv.run_id == finished.info.run_id and mv.tags["selection.epoch"] in ("1", "2")
+    assert "standard errors" in mv.tags["selection.rule"] and float(mv.tags["selection.margin"]) >= 0
+    assert "1 stopped early" in out.stdout
