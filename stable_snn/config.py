@@ -37,6 +37,7 @@ from .perturbation import REDUCTIONS
 MODES = ("natural", "gaussian", "at", "at_reg")  # Eqs. 16-17: no / Gaussian / RFGSM perturbation, + SNN-RAT
 REGULARIZERS = ("ms_mppd", "tasad", "std")  # Eq. 14, 12, 13 (Table 2)
 PRECISIONS = ("fp32", "bf16", "fp16")  # autocast precision of the training step
+ATTACK_PRECISIONS = ("fp32", "bf16")  # the training RFGSM's input gradient (fp16 could underflow)
 EXTENDS = "extends"  # the YAML key naming the file a preset starts from
 
 C = TypeVar("C")
@@ -190,6 +191,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float | None = None
     precision: str = "fp32"
+    attack_precision: str = "fp32"  # the training RFGSM's input gradient: the attack contract's fp32
 
     def __post_init__(self) -> None:
         number("optim.epochs", self.epochs, lo=1, integer=True)
@@ -199,6 +201,7 @@ class OptimConfig:
         if self.weight_decay is not None:
             number("optim.weight_decay", self.weight_decay, lo=0.0)
         choice("optim.precision", self.precision, PRECISIONS)
+        choice("optim.attack_precision", self.attack_precision, ATTACK_PRECISIONS)
 
 
 @dataclass

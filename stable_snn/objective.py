@@ -172,23 +172,21 @@ def train_step(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     reg_generator: torch.Generator | None = None,
-    attack_precision: str | None = None,
+    attack_precision: str = "fp32",
 ) -> StepStats:
     """One optimisation step of Eq. 17.
 
     ``model`` is the bare network (for the attack and the regulariser); ``forward`` the
     module that runs both passes (a :class:`TwoPass`, possibly DDP-wrapped; default
     ``TwoPass(model)``, recording spikes only for the TASAD/STD regularisers).  The
-    perturbation's input gradient is computed in ``attack_precision`` (default: bf16 when
-    ``precision`` is bf16, else fp32; see :func:`perturb`).  The attack and both passes
+    perturbation's input gradient is computed in ``attack_precision`` (default fp32, the attack
+    contract; bf16 on request, see :func:`perturb`).  The attack and both passes
     share one autocast region, so each weight is cast to the low precision once per step.
     A non-finite loss skips the update and returns ``finite=False``.
     """
     forward = forward if forward is not None else TwoPass(model, record_spikes=cfg.regularizer != "ms_mppd")
     if perturbation is None and cfg.mode != "natural":
         perturbation = build_perturbation(cfg)
-    if attack_precision is None:
-        attack_precision = "bf16" if precision == "bf16" else "fp32"
     optimizer.zero_grad(set_to_none=True)
     with autocast(images.device, precision):
         x_pert = None
