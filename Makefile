@@ -27,15 +27,17 @@ PYTEST_ARGS    ?=
 
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: help venv test test-fast demo stop stack-up stack-status benchmark benchmark-gpu figures clean
+.PHONY: help venv test test-fast demo stop stack-up stack-status benchmark benchmark-gpu gpu-epoch gpu-check figures clean
 
 help:
 	@echo "make demo       local Ray head + MLflow server, quick training job, registration, attack evaluation"
 	@echo "make test       the whole test suite (unit + slow integration tests)"
 	@echo "make test-fast  unit tests only (-m 'not slow')"
 	@echo "make stop       stop the local Ray head and MLflow server"
-	@echo "make benchmark  fast vs reference training step (VGG5, T=8, batch 32)"
-	@echo "make benchmark-gpu  the same on CUDA for VGG11, T=8, batch 64, training step then PGD-10"
+	@echo "make benchmark  the training step as a quick-preset worker runs it vs the reference path (VGG5, T=8, batch 32)"
+	@echo "make benchmark-gpu  the same on CUDA for VGG11, T=8, batch 64 in the paper presets' settings, then PGD-10"
+	@echo "make gpu-epoch  one epoch of the paper's VGG11 T=8 CIFAR-10 at rho=1 preset on one GPU worker"
+	@echo "make gpu-check  benchmark-gpu then gpu-epoch, dated, into gpu-check.log"
 
 $(STAMP): pyproject.toml
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -78,14 +80,29 @@ demo: stack-up
 	MLFLOW_TRACKING_URI=$(MLFLOW_URI) $(PY) -c "from mlflow import MlflowClient; mv = MlflowClient().get_model_version_by_alias('$(DEMO_MODEL)', 'candidate'); print(f'Registered model: models:/{mv.name}/{mv.version} (alias candidate; tags {dict(mv.tags)})')"; \
 	echo "Stop the services with: make stop"
 
+BENCH_CONFIG ?= jobs/configs/quick.yaml
+GPU_PRESET   := jobs/configs/paper-vgg11-cifar10-at-rho1.yaml
+
 benchmark: $(STAMP)
-	$(PY) -m jobs.tools.benchmark --arch vgg5 --timesteps 8 --batch-size 32 --mode at --rho 1.0
+	$(PY) -m jobs.tools.benchmark --config $(BENCH_CONFIG) --arch vgg5 --timesteps 8 --batch-size 32 --mode at --rho 1.0 --peaks
 
 benchmark-gpu: $(STAMP)
-	$(PY) -m jobs.tools.benchmark --arch vgg11 --timesteps 8 --batch-size 64 --mode at --rho 1.0 --device cuda \
-		--precision bf16 --kernels compiled --steps 10 --warmup 3 --peaks
-	$(PY) -m jobs.tools.benchmark --arch vgg11 --timesteps 8 --batch-size 64 --eval --device cuda \
-		--precision bf16 --kernels compiled --steps 5 --warmup 2
+	$(PY) -m jobs.tools.benchmark --config $(GPU_PRESET) --arch vgg11 --timesteps 8 --batch-size 64 --mode at --rho 1.0 \
+		--device cuda --backend compiled --steps 10 --warmup 3 --peaks
+	$(PY) -m jobs.tools.benchmark --config $(GPU_PRESET) --arch vgg11 --timesteps 8 --batch-size 64 --eval \
+		--device cuda --backend compiled --precision fp32 --steps 5 --warmup 2 --peaks
+
+# One training epoch of the paper's VGG11 preset on one GPU worker (validation of its checkpoint
+# follows as Ray Train's validation task); the epoch line gives images/s and the epoch's seconds.
+gpu-epoch: stack-up
+	@ENV='{"env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_URI)", "STABLE_SNN_DATA_ROOT": "$(DATA_ROOT)", "STABLE_SNN_STORAGE_PATH": "$(LOCAL)/checkpoints", "RAY_AUTH_MODE": "disabled"}}'; \
+	$(VENV)/bin/ray job submit --address $(RAY_ADDRESS_HTTP) --working-dir . --runtime-env-json "$$ENV" -- \
+		python -m jobs.train --config $(GPU_PRESET) --set run.name=gpu-epoch-$$(date -u +%Y%m%d-%H%M%S) \
+		--set optim.epochs=1 --set run.num_workers=1 --set model.backend=compiled \
+		--set data.download=$(DATA_DOWNLOAD) --no-register
+
+gpu-check:
+	@{ date -u; $(MAKE) --no-print-directory benchmark-gpu && $(MAKE) --no-print-directory gpu-epoch; } 2>&1 | tee gpu-check.log
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

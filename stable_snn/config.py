@@ -41,6 +41,7 @@ MODES = ("natural", "gaussian", "at", "at_reg")  # Eqs. 16-17: no / Gaussian / R
 REGULARIZERS = ("ms_mppd", "mppd_tv_l1", "tasad", "std")  # Eq. 14, its l1 form (Lai et al. 2026), Eqs. 12, 13
 MPPD_REGULARIZERS = ("ms_mppd", "mppd_tv_l1")  # computed from the last layer's input current (no spikes needed)
 PRECISIONS = ("fp32", "bf16", "fp16")  # autocast precision of the training step (fp16 with loss scaling)
+ATTACK_PRECISIONS = ("fp32", "bf16")  # the training RFGSM's input gradient (fp16 could underflow)
 LR_SCALINGS = ("linear", "none")  # how optim.lr follows the number of data-parallel workers
 EXTENDS = "extends"  # the YAML key naming the file a preset starts from
 
@@ -206,6 +207,7 @@ class OptimConfig:
     weight_decay: float | None = None
     precision: str = "fp32"
     lr_scaling: str = "linear"
+    attack_precision: str = "fp32"  # the training RFGSM's input gradient: the attack contract's fp32
 
     def __post_init__(self) -> None:
         number("optim.epochs", self.epochs, lo=1, integer=True)
@@ -216,6 +218,7 @@ class OptimConfig:
             number("optim.weight_decay", self.weight_decay, lo=0.0)
         choice("optim.precision", self.precision, PRECISIONS)
         choice("optim.lr_scaling", self.lr_scaling, LR_SCALINGS)
+        choice("optim.attack_precision", self.attack_precision, ATTACK_PRECISIONS)
 
     def scaled_lr(self, workers: int) -> float:
         """The learning rate of a run on ``workers`` data-parallel workers (see the class docstring)."""

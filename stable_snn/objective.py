@@ -15,9 +15,9 @@ detached.  Modes:
 * ``at``:       x~ = RFGSM(x)
 * ``at_reg``:   as ``at`` plus the SNN-RAT regulariser after every optimiser step.
 
-The clean and perturbed batches run as two separate passes, so each gets its own
-BatchNorm batch statistics (as in the paper).  :class:`TwoPass` puts both in one
-module call so a DDP wrapper sees exactly one forward per backward.
+The clean and perturbed batches each get their own BatchNorm batch statistics (as in the
+paper's two passes); :class:`TwoPass` runs them as one pass over both batches with per-half
+statistics, in one module call, so a DDP wrapper sees exactly one forward per backward.
 """
 from __future__ import annotations
 
@@ -48,20 +48,38 @@ class TwoPass(nn.Module):
 
     Each pass is ``model.forward_features`` then ``model.forward_head``, inside this one
     module call (a DDP wrapper sees one forward per backward).  ``record_spikes=False`` leaves
-    ``features.spikes`` empty: MS-MPPD needs only the last layer's input current.
+    ``features.spikes`` empty: MS-MPPD needs only the last layer's input current.  With
+    ``batched`` (the default) the two batches run as one pass over ``[x; x_pert]`` whose
+    training-mode BatchNorm statistics are per half (``bn_groups=2``): the function of two
+    passes, and the same running-statistics updates (clean, then perturbed), with every
+    convolution and matmul on the joint batch.
     """
 
-    def __init__(self, model: SpikingNetwork, record_spikes: bool = True) -> None:
+    def __init__(self, model: SpikingNetwork, record_spikes: bool = True, batched: bool = True) -> None:
         super().__init__()
         self.model = model
         self.record_spikes = record_spikes
+        self.batched = batched
 
-    def _pass(self, x: torch.Tensor) -> PassOutput:
-        features = self.model.forward_features(x, record_spikes=self.record_spikes)
+    def _pass(self, x: torch.Tensor, bn_groups: int = 1) -> PassOutput:
+        features = self.model.forward_features(x, record_spikes=self.record_spikes, bn_groups=bn_groups)
         return PassOutput(self.model.forward_head(features), features)
 
     def forward(self, x: torch.Tensor, x_pert: torch.Tensor | None = None) -> tuple[PassOutput, PassOutput | None]:
-        return self._pass(x), (self._pass(x_pert) if x_pert is not None else None)
+        if x_pert is None:
+            return self._pass(x), None
+        if not self.batched:
+            return self._pass(x), self._pass(x_pert)
+        clean, pert = halves(self._pass(torch.cat([x, x_pert.to(x.dtype)]), bn_groups=2))
+        return clean, pert
+
+
+def halves(out: PassOutput) -> tuple[PassOutput, PassOutput]:
+    """The first and second half of a pass over two stacked batches (every tensor split on its batch dim 1)."""
+    f = out.features
+    logits, pre, current = (t.chunk(2, dim=1) for t in (out.logits, f.pre_logits, f.last_current))
+    spikes = [s.chunk(2, dim=1) for s in f.spikes]
+    return tuple(PassOutput(logits[i], Features(pre[i], current[i], tuple(s[i] for s in spikes))) for i in (0, 1))
 
 
 def build_perturbation(cfg: ObjectiveConfig) -> Attack | None:
@@ -181,23 +199,21 @@ def train_step(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     reg_generator: torch.Generator | None = None,
-    attack_precision: str | None = None,
+    attack_precision: str = "fp32",
 ) -> StepStats:
     """One optimisation step of Eq. 17.
 
     ``model`` is the bare network (for the attack and the regulariser); ``forward`` the
     module that runs both passes (a :class:`TwoPass`, possibly DDP-wrapped; default
     ``TwoPass(model)``, recording spikes only for the TASAD/STD regularisers).  The
-    perturbation's input gradient is computed in ``attack_precision`` (default: bf16 when
-    ``precision`` is bf16, else fp32; see :func:`perturb`).  The attack and both passes
+    perturbation's input gradient is computed in ``attack_precision`` (default fp32, the attack
+    contract; bf16 on request, see :func:`perturb`).  The attack and both passes
     share one autocast region, so each weight is cast to the low precision once per step.
     A non-finite loss skips the update and returns ``finite=False``.
     """
     forward = forward if forward is not None else TwoPass(model, record_spikes=needs_spikes(cfg))
     if perturbation is None and cfg.mode != "natural":
         perturbation = build_perturbation(cfg)
-    if attack_precision is None:
-        attack_precision = "bf16" if precision == "bf16" else "fp32"
     optimizer.zero_grad(set_to_none=True)
     with autocast(images.device, precision):
         x_pert = None

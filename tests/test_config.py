@@ -45,6 +45,7 @@ BAD_VALUES = [
     ("optim", "lr_scaling", "sqrt", "linear, none"),
     ("objective", "reduction", "max", "mean, sum"),
     ("optim", "precision", "fp8", "fp32, bf16, fp16"),
+    ("optim", "attack_precision", "fp16", "fp32, bf16"),
     ("optim", "lr", 0.0, "> 0"),
     ("optim", "momentum", 1.0, "[0.0, 1.0)"),
     ("optim", "batch_size", 0, ">= 1"),

@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
                    help="move ALIAS (e.g. champion) to this version if its worst case beats the holder's")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the model's run.experiment)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device for --workers 0")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads in-process / per worker")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads in-process (a Ray actor uses as many as its --cpus-per-worker)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="Ray CPUs per actor")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="Ray GPUs per actor")
     p.add_argument("--ray-address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local instance)")

@@ -24,6 +24,7 @@ from stable_snn.attacks import (
     get_protocol, merge_batches, split_batches,
 )
 
+from ..threads import use_reserved_cpus
 from .data import TestSet
 
 log = logging.getLogger("stable_snn.evaluate")
@@ -32,9 +33,9 @@ log = logging.getLogger("stable_snn.evaluate")
 class EvalWorker:
     """Holds the model (on ``device``) and evaluates batches of one protocol."""
 
-    def __init__(self, model: nn.Module, protocol: Protocol, generator_seed: int, threads: int = 1,
+    def __init__(self, model: nn.Module, protocol: Protocol, generator_seed: int, cpus: float = 1.0,
                  device: str = "cpu") -> None:
-        torch.set_num_threads(max(1, int(threads)))
+        self.threads = use_reserved_cpus(cpus)
         self.model = model.to(device).eval()
         self.protocol = protocol
         self.seed = generator_seed
@@ -54,10 +55,9 @@ def evaluate_distributed(model: nn.Module, images: torch.Tensor, labels: torch.T
         raise ValueError(f"workers={workers!r}: use evaluate_protocol for in-process evaluation")
     protocol = get_protocol(protocol)
     device = "cuda" if gpus_per_worker > 0 else "cpu"
-    threads = max(1, int(cpus_per_worker))
     model_ref = ray.put(copy.deepcopy(model).cpu())  # the caller's model stays where it is
     actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(EvalWorker)
-    actors = [actor_cls.remote(model_ref, protocol, generator_seed, threads, device) for _ in range(workers)]
+    actors = [actor_cls.remote(model_ref, protocol, generator_seed, cpus_per_worker, device) for _ in range(workers)]
     batches = split_batches(len(labels), batch_size)
     tracker = ProgressTracker(protocol, len(batches), progress)
     results = []

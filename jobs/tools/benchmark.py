@@ -1,17 +1,30 @@
-"""Benchmark the fast training step (or PGD-10 evaluation) against the reference path.
+"""Benchmark the training step (or PGD-10 evaluation) as the training job runs it against the reference path.
 
-    python -m jobs.tools.benchmark --arch vgg5 --timesteps 8 --batch-size 32 --mode at --rho 1.0 \\
-        [--precision bf16] [--kernels compiled] [--device cpu|cuda] [--eval] [--peaks] [--profile] [--json]
+    python -m jobs.tools.benchmark [--config PRESET] [--set section.field=value ...] \\
+        --arch vgg5 --timesteps 8 --batch-size 32 --mode at --rho 1.0 \\
+        [--precision P] [--attack-precision P] [--backend B] [--threads N] [--device cpu|cuda] \\
+        [--eval] [--peaks] [--profile] [--json]
+
+The fast path runs as a worker of ``--config``'s training job runs the step (default: the
+``quick`` preset): its precision (``optim.precision``), RFGSM input-gradient precision
+(``optim.attack_precision``), model backend (``model.backend``) and torch threads (the CPUs a
+worker reserves, ``run.cpus_per_worker``), all read by :func:`jobs.training.settings.step_settings`,
+which the training job uses too; ``--precision`` etc. override them.  The shape (``--arch`` ...
+``--classifier-width``) and the objective (``--mode``, ``--rho``, ``--chi``) are the benchmark's own.
+With ``--eval`` the fast path's precision defaults to fp32, as the evaluation job and the
+per-epoch validation run their attacks.
 
 Both paths start from the same weights and batch, in one process.  After ``--warmup``
 steps of each (compilation happens there), ``--steps`` warm steps are timed alternately
 (fast, reference, fast, ...) so machine noise hits both alike; the step time reported is
 the median.  The reference path is :mod:`stable_snn.reference` (fp32, the authors' loop);
-the fast path is :func:`stable_snn.objective.train_step` (``--eval``: the library's PGD)
-in ``--precision``.  Also reported: peak memory of one step of each path (CUDA: the
-allocator's peak; CPU: the peak of the profiler's allocation record), the FLOPs of one
-step counted with ``torch.utils.flop_counter``'s formulas, the GFLOP/s they make, and
-with ``--peaks`` this machine's fp32 and bf16 matmul peaks (a large ``torch.matmul``).
+the fast path is :func:`stable_snn.objective.train_step` (``--eval``: the library's PGD).
+Also reported: peak memory of one step of each path (CUDA: the allocator's peak; CPU: the
+peak of the profiler's allocation record), the FLOPs of one step counted with
+``torch.utils.flop_counter``'s formulas, the GFLOP/s they make, and with ``--peaks`` this
+machine's fp32 matmul peak (and bf16's when the fast path runs bf16).  bf16 on a device
+without bf16 hardware (an AVX2-only CPU emulates it about 90x slower) is refused unless
+``--allow-emulated-bf16``.
 """
 from __future__ import annotations
 
@@ -22,30 +35,34 @@ import logging
 import statistics
 import sys
 import time
-from collections import defaultdict
+from pathlib import Path
 
 import torch
 
-from torch.profiler import ProfilerActivity, profile
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
-
 from stable_snn.attacks import PGD
-from stable_snn.config import MODES, PRECISIONS, ObjectiveConfig
-from stable_snn.models import build_model, list_models
+from stable_snn.config import ATTACK_PRECISIONS, MODES, PRECISIONS, ConfigError, ObjectiveConfig
+from stable_snn.models import BACKENDS, build_model, list_models
 from stable_snn.neurons import NEURONS
-from stable_snn.neurons.fused import KERNELS
 from stable_snn.objective import build_optimizer, perturb, train_step
 from stable_snn.reference import reference_forward, reference_pgd, reference_train_step
 
+from ..config import load_job_config
 from ..logs import setup_logging
+from ..training.settings import step_settings
+from .measure import bf16_is_native, count_flops, matmul_peak, peak_memory_mb, profile_step, timed
 
 log = logging.getLogger("stable_snn.benchmark")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jobs.tools.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG),
+                   help="the training job's preset whose step settings are the defaults (default: quick)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of --config, as jobs.train does (repeatable)")
     p.add_argument("--arch", default="vgg5", choices=list_models())
     p.add_argument("--neuron", default="dlif", choices=list(NEURONS))
     p.add_argument("--timesteps", type=int, default=8)
@@ -55,19 +72,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mode", default="at", choices=[m for m in MODES if m != "at_reg"])  # the reference has no SNN-RAT
     p.add_argument("--rho", type=float, default=1.0)
     p.add_argument("--chi", type=float, default=0.5)
-    p.add_argument("--precision", default="bf16", choices=PRECISIONS, help="fast path precision")
-    p.add_argument("--attack-precision", default=None, choices=["fp32", "bf16"],
-                   help="training RFGSM's input-gradient precision (default: train_step's, bf16 with --precision bf16)")
-    p.add_argument("--kernels", default="compiled", choices=KERNELS, help="fast path neuron kernels")
+    p.add_argument("--precision", default=None, choices=PRECISIONS, help="fast path precision (default: the job's)")
+    p.add_argument("--attack-precision", default=None, choices=ATTACK_PRECISIONS,
+                   help="training RFGSM's input-gradient precision (default: the job's)")
+    p.add_argument("--backend", default=None, choices=BACKENDS, help="fast path model backend (default: the job's)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: a job worker's)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--allow-emulated-bf16", action="store_true",
+                   help="run bf16 on a device without bf16 hardware (about 90x slower than fp32)")
     p.add_argument("--eval", action="store_true", help="benchmark PGD-10 evaluation instead of the training step")
     p.add_argument("--pgd-steps", type=int, default=10)
     p.add_argument("--steps", type=int, default=3, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per path first")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--peaks", action="store_true", help="measure fp32/bf16 matmul peaks in this run")
-    p.add_argument("--profile", action="store_true", help="profile one fast step: where the time goes")
+    p.add_argument("--peaks", action="store_true", help="measure the matmul peak(s) in this run")
+    p.add_argument("--profile", action="store_true", help="profile one step of each path: where the time goes")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory steps")
     p.add_argument("--epoch-images", type=int, default=None,
                    help="images in the pass whose time is estimated (default: 50000, a CIFAR-10 training epoch; "
@@ -75,126 +94,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args(argv)
     for name, minimum in (("steps", 1), ("warmup", 0), ("batch_size", 1), ("timesteps", 1), ("pgd_steps", 1),
-                          ("classifier_width", 1), ("epoch_images", 1)):
+                          ("classifier_width", 1), ("epoch_images", 1), ("threads", 1)):
         value = getattr(args, name)
         if value is not None and value < minimum:
             p.error(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
     if args.width <= 0:
         p.error(f"--width must be > 0, got {args.width}")
+    job_defaults(p, args)
     if args.eval and args.precision == "fp16":
         p.error("--eval supports --precision fp32 or bf16 (fp16 attack gradients can underflow)")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to torch here (torch.cuda.is_available() is False); "
                 "use --device cpu")
+    bf16 = args.precision == "bf16" or (args.attack_precision == "bf16" and not args.eval)
+    if bf16 and not args.allow_emulated_bf16 and not bf16_is_native(torch.device(args.device)):
+        p.error(f"bf16 on this {args.device} is emulated (no bf16 hardware: about 90x slower than fp32); "
+                "use --precision fp32 --attack-precision fp32, or --allow-emulated-bf16 to run it anyway")
     if args.epoch_images is None:
         args.epoch_images = 10000 if args.eval else 50000
     return args
 
 
-# -- measuring ------------------------------------------------------------------------------
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def peak_memory_mb(fn, device: torch.device) -> float:
-    """Peak of memory allocated during ``fn()`` above what was allocated before it, in MiB."""
-    if device.type == "cuda":
-        sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        sync(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    current = peak = 0
-    for _, nbytes in events:
-        current += nbytes
-        peak = max(peak, current)
-    return peak / 2**20
-
-
-def count_flops(fn) -> int:
-    """FLOPs of ``fn()`` by ``torch.utils.flop_counter``'s formulas (matmuls and convolutions).
-
-    A dispatch mode over ``flop_registry`` rather than ``FlopCounterMode`` itself, whose
-    module tracker cannot follow the attacks' ``torch.autograd.grad`` on a leaf input.
-    """
-    class Count(TorchDispatchMode):
-        total = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            formula = flop_registry.get(func._overloadpacket)
-            if formula is not None:
-                self.total += formula(*args, **kwargs, out_val=out)
-            return out
-
-    with Count() as counter:
-        fn()
-    return int(counter.total)
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 4096, repeats: int = 10) -> float:
-    """Best GFLOP/s of an n x n x n matmul (best of ``repeats``: the machine's noise only slows it)."""
-    g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, generator=g, device=device).to(dtype)
-    b = torch.randn(n, n, generator=g, device=device).to(dtype)
-    torch.matmul(a, b)
-    best = min(timed(lambda: torch.matmul(a, b), device) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-GEMM_OPS = ("mm", "addmm", "bmm", "linear", "matmul", "conv", "convolution")
-
-
-def op_category(name: str) -> str:
-    n = name.lower()
-    if n.startswith("aten::") and any(k in n for k in GEMM_OPS) and "backward" not in n.replace("convolution_backward", ""):
-        return "matmul/conv"
-    if "compiled" in n or "torch-compiled" in n or "graph" in n or n.startswith("cpp_fused") or "inductor" in n:
-        return "fused neuron kernels"
-    if "batch_norm" in n:
-        return "batchnorm"
-    if "pool" in n:
-        return "pooling"
-    if any(k in n for k in ("copy_", "to_copy", "_to", "clone", "contiguous", "cat", "stack")):
-        return "copies/casts"
-    if n.startswith("aten::"):
-        return "other aten (elementwise, reductions)"
-    return "python/autograd overhead"
-
-
-def profile_step(fn, device: torch.device, top: int = 15) -> dict:
-    """Self time by op category and the top ops, for one call of ``fn``."""
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        fn()
-        sync(device)
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    rows = [(e.key, getattr(e, key) / 1e3, e.count) for e in prof.key_averages()]
-    total = sum(r[1] for r in rows) or 1.0
-    cats: dict[str, float] = defaultdict(float)
-    for name, ms, _ in rows:
-        cats[op_category(name)] += ms
-    return {
-        "total_ms": round(total, 1),
-        "by_category_ms": {k: round(v, 1) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
-        "top_ops": [{"op": n, "self_ms": round(ms, 1), "calls": c}
-                    for n, ms, c in sorted(rows, key=lambda r: -r[1])[:top]],
-    }
+def job_defaults(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill the step settings left unset from the training job's config (``--config``, ``--set``)."""
+    try:
+        settings = step_settings(load_job_config(args.config, args.overrides))
+    except ConfigError as e:
+        p.error(f"--config {args.config}: {e}")
+    if args.eval and args.precision is None:
+        args.precision = "fp32"  # evaluation and validation attacks run fp32 whatever the training precision
+    for name in ("precision", "attack_precision", "backend", "threads"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(settings, name))
 
 
 # -- the two paths ------------------------------------------------------------------------
@@ -207,7 +138,7 @@ def build(args, device: torch.device):
     images = torch.rand(args.batch_size, 3, 32, 32, generator=g).to(device)
     labels = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
     fast = copy.deepcopy(model)
-    fast.backend = args.kernels
+    fast.backend = args.backend
     return model, fast, images, labels
 
 
@@ -280,8 +211,9 @@ def settings(args) -> dict:
         "mode": args.mode if train else None, "rho": args.rho if train else None,
         "chi": args.chi if train else None, "pgd_steps": None if train else args.pgd_steps,
         "device": args.device, "threads": torch.get_num_threads(), "precision": args.precision,
-        "attack_precision": (args.attack_precision or ("bf16" if args.precision == "bf16" else "fp32")) if train else None,
-        "kernels": args.kernels, "steps": args.steps, "warmup": args.warmup,
+        "attack_precision": args.attack_precision if train else None,
+        "backend": args.backend, "config": args.config, "overrides": args.overrides,
+        "steps": args.steps, "warmup": args.warmup,
         "paths": {"fast": "stable_snn.objective.train_step" if train else "stable_snn.attacks.PGD",
                   "reference": "stable_snn.reference"},
         "epoch_images": args.epoch_images,
@@ -302,16 +234,19 @@ def speeds(times: dict[str, list[float]], batch: int, epoch_images: int) -> dict
 
 def flops(args, device, make, reference_model, fast_model, images, labels, out: dict) -> dict:
     """FLOPs per step and GFLOP/s of both paths (with ``--peaks``, against this machine's matmul peaks).
-    Counted on eager copies: compiled kernels hold no matmuls, and the matmul FLOPs are the same."""
+    Counted on eager copies of compiled models: compiled kernels hide their ops from the counter,
+    and the matmul FLOPs are the same."""
     counting = copy.deepcopy(fast_model)
-    counting.backend = "eager"
+    if counting.backend == "compiled":
+        counting.backend = "eager"
     count_fast, count_ref, _ = make(args, device, copy.deepcopy(reference_model), counting, images, labels)
     res = {"fast_gflop_per_step": count_flops(count_fast) / 1e9, "reference_gflop_per_step": count_flops(count_ref) / 1e9}
     res["fast_gflop_per_s"] = res["fast_gflop_per_step"] / out["fast_step_s"]
     res["reference_gflop_per_s"] = res["reference_gflop_per_step"] / out["reference_step_s"]
     if args.peaks:
         res["peak_fp32_gflop_per_s"] = matmul_peak(torch.float32, device)
-        res["peak_bf16_gflop_per_s"] = matmul_peak(torch.bfloat16, device)
+        if args.precision != "fp32":
+            res["peak_bf16_gflop_per_s"] = matmul_peak(torch.bfloat16, device)
         low = "peak_bf16_gflop_per_s" if args.precision != "fp32" else "peak_fp32_gflop_per_s"
         res["fast_fraction_of_peak"] = res["fast_gflop_per_s"] / res[low]
         res["reference_fraction_of_fp32_peak"] = res["reference_gflop_per_s"] / res["peak_fp32_gflop_per_s"]
@@ -320,8 +255,7 @@ def flops(args, device, make, reference_model, fast_model, images, labels, out: 
 
 def run(args) -> dict:
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     reference_model, fast_model, images, labels = build(args, device)
     # BatchNorm statistics of a trained-like model for the eval benchmark: one pass on the batch
     if args.eval:
@@ -348,7 +282,8 @@ def report(out: dict) -> str:
     what = "PGD-%d evaluation" % out["pgd_steps"] if out["benchmark"] == "pgd_eval" else "training step (mode %s)" % out["mode"]
     lines = [
         f"{out['arch']} T={out['timesteps']} batch {out['batch_size']} {what} on {out['device']} "
-        f"({out['threads']} threads), fast path in {out['precision']} with {out['kernels']} kernels",
+        f"({out['threads']} threads), fast path in {out['precision']} on the {out['backend']} backend"
+        + (f", RFGSM gradient in {out['attack_precision']}" if out["attack_precision"] else ""),
         f"  fast:      {out['fast_step_s']:.3f} s/step  {out['fast_images_per_s']:.1f} images/s",
         f"  reference: {out['reference_step_s']:.3f} s/step  {out['reference_images_per_s']:.1f} images/s",
         f"  speedup:   {out['speedup']:.2f}x",
@@ -361,7 +296,8 @@ def report(out: dict) -> str:
     lines.append(f"  FLOPs/step: fast {out['fast_gflop_per_step']:.1f} GFLOP ({out['fast_gflop_per_s']:.0f} GFLOP/s), "
                  f"reference {out['reference_gflop_per_step']:.1f} GFLOP ({out['reference_gflop_per_s']:.0f} GFLOP/s)")
     if "peak_fp32_gflop_per_s" in out:
-        lines.append(f"  matmul peaks: fp32 {out['peak_fp32_gflop_per_s']:.0f} GFLOP/s, bf16 {out['peak_bf16_gflop_per_s']:.0f} GFLOP/s; "
+        bf16 = f", bf16 {out['peak_bf16_gflop_per_s']:.0f} GFLOP/s" if "peak_bf16_gflop_per_s" in out else ""
+        lines.append(f"  matmul peaks: fp32 {out['peak_fp32_gflop_per_s']:.0f} GFLOP/s{bf16}; "
                      f"fast at {100 * out['fast_fraction_of_peak']:.0f}% of its precision's peak, reference at "
                      f"{100 * out['reference_fraction_of_fp32_peak']:.0f}% of fp32's")
     for path in ("fast", "reference"):

@@ -21,6 +21,7 @@ from stable_snn.objective import TwoPass, build_optimizer, needs_spikes, train_s
 from ..config import JobConfig
 from .checkpoints import restore_rng_state, rng_state
 from .faults import FaultPlan, stop_on_nonfinite
+from .settings import step_settings
 
 log = logging.getLogger("stable_snn.train")
 
@@ -164,6 +165,7 @@ def run_epoch(cfg: JobConfig, model, forward, optimizer, loader, perturbation, g
     fp16 loss ``scaler`` when given); returns the metrics summed over all workers.  A non-finite
     loss stops the run (NonFiniteLossError)."""
     model.train()
+    settings = step_settings(cfg)
     sums = [0.0] * 8  # loss, task, ce_clean, ce_pert, stability, correct, correct_pert, count
     start = time.perf_counter()
     run_dir = Path(cfg.run.resolved_storage()) / cfg.run.name
@@ -172,8 +174,8 @@ def run_epoch(cfg: JobConfig, model, forward, optimizer, loader, perturbation, g
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         stats = train_step(
             model, optimizer, images, labels, cfg.objective, perturbation=perturbation, generator=generators.attack,
-            forward=forward, precision=cfg.optim.precision, reg_generator=generators.regularizer,
-            attack_precision="fp32", scaler=scaler,
+            forward=forward, precision=settings.precision, reg_generator=generators.regularizer,
+            attack_precision=settings.attack_precision, scaler=scaler,
         )
         if not stats.finite:
             raise stop_on_nonfinite(cfg, stats.loss, epoch, step + 1, rank)

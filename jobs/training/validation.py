@@ -20,6 +20,7 @@ from stable_snn.gains import mppd_gains
 
 from ..config import JobConfig
 from ..logs import setup_logging
+from ..threads import use_reserved_cpus
 from ..tracking.outbox import run_logger
 from ..tracking.runs import client_for
 from .checkpoints import load_ray_checkpoint, network_of
@@ -114,6 +115,7 @@ def validate_checkpoint(checkpoint, *, epoch: int, run_id: str | None = None, tr
     """
     setup_logging()
     state, cfg = load_ray_checkpoint(checkpoint)
+    use_reserved_cpus(cfg.run.validation_cpus)
     model = network_of(state, cfg)
     images, labels = validation_subset(cfg)
     metrics = evaluate_model(model, cfg, images, labels)

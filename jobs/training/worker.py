@@ -15,7 +15,6 @@ from the latest registered checkpoint; a non-finite loss stops the run (``jobs.t
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from stable_snn.objective import build_perturbation
 
 from ..config import JobConfig, job_config_from_dict
 from ..logs import setup_logging
+from ..threads import use_reserved_cpus
 from ..tracking.outbox import RunLogger, run_logger
 from ..tracking.runs import client_for
 from .checkpoints import load_ray_checkpoint, save_checkpoint
@@ -64,7 +64,7 @@ def build_worker(cfg: JobConfig) -> Worker:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
+    use_reserved_cpus(cfg.run.cpus_per_worker)
     splits = load_splits(cfg, augment=cfg.data.augment)
     p = build_parts(cfg, splits.train, world, rank, device, wrap=ray.train.torch.prepare_model)
     return Worker(cfg, rank, device, splits, p.model, p.forward, p.optimizer, p.scheduler, p.loader, p.generators,

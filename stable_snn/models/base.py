@@ -111,9 +111,15 @@ class SpikingNetwork(HasBackend, nn.Module):
         raise NotImplementedError
 
     # -- public API ------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor, *, record_spikes: bool = False) -> Features:
-        """``x``: ``[B, C, H, W]`` in [0, 1] -> :class:`Features` (spikes recorded when asked)."""
-        trace = Trace(record_spikes=record_spikes)
+    def forward_features(self, x: torch.Tensor, *, record_spikes: bool = False, bn_groups: int = 1) -> Features:
+        """``x``: ``[B, C, H, W]`` in [0, 1] -> :class:`Features` (spikes recorded when asked).
+
+        ``bn_groups``: ``x`` is that many equal batches in order (e.g. clean and perturbed), which
+        training-mode BatchNorm normalises with statistics of their own, as separate passes would.
+        """
+        if not isinstance(bn_groups, int) or bn_groups < 1 or x.shape[0] % bn_groups:
+            raise ValueError(f"bn_groups={bn_groups!r} must be an int >= 1 dividing the batch of {tuple(x.shape)}")
+        trace = Trace(record_spikes=record_spikes, bn_groups=bn_groups)
         pre = self.forward_trunk(self.encode(x), trace)
         if trace.last_current is None:
             raise RuntimeError(f"{type(self).__name__} has no spiking block with records_current=True")

@@ -36,9 +36,12 @@ class Trace:
 
     record_spikes: whether blocks append their spikes ``[T, B, *]`` (un-pooled) to ``spikes``.
     last_current:  input current ``[T, B, *]`` of the block built with ``records_current=True``.
+    bn_groups:     the batch is this many equal parts (in order), each normalised by training-mode
+                   BatchNorm with statistics of its own, as separate passes would be.
     """
 
     record_spikes: bool = False
+    bn_groups: int = 1
     spikes: list[torch.Tensor] = field(default_factory=list)
     last_current: torch.Tensor | None = None
 
@@ -47,6 +50,13 @@ def fold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a stateless module to ``[Tx, B, *]`` by folding Tx into the batch."""
     Tx, B = x.shape[:2]
     return module(x.flatten(0, 1)).unflatten(0, (Tx, B))
+
+
+def fold_groups(module: nn.Module, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """:func:`fold` on each of ``groups`` equal parts of the batch (dim 1) in turn (per-part BatchNorm statistics)."""
+    if groups == 1:
+        return fold(module, x)
+    return torch.cat([fold(module, part) for part in x.chunk(groups, dim=1)], dim=1)
 
 
 def conv_seq(conv: FastConv2d, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +113,7 @@ class SpikingBlock(Block):
         if self.backend != "reference":
             return self._fire_fused(y, trace, T)
         y = y.expand(T, *y.shape[1:])
-        current = fold(self.bn, y) if self.bn is not None else y
+        current = fold_groups(self.bn, y, trace.bn_groups) if self.bn is not None else y
         s = self.neuron(current)
         self._record(trace, current, s)
         return fold(self.pool, s) if self.pool is not None else s
@@ -112,14 +122,14 @@ class SpikingBlock(Block):
         bn = self.bn
         if self.records_current:  # the current must exist as a tensor: BatchNorm as a module
             y = y.expand(T, *y.shape[1:]) if bn is not None else y
-            y = fold(bn, y) if bn is not None else y
+            y = fold_groups(bn, y, trace.bn_groups) if bn is not None else y
             bn = None
         image = y.dim() == 5
         x = channels_last_5d(y) if image else y
         pool = (self.pool is not None and image and _is_pool2(self.pool)
                 and y.shape[-2] % 2 == 0 and y.shape[-1] % 2 == 0)
         keep_full = pool and trace.record_spikes
-        out = fused_lif(x, self.neuron, T, bn, pool, self.backend, keep_full=keep_full)
+        out = fused_lif(x, self.neuron, T, bn, pool, self.backend, keep_full=keep_full, groups=trace.bn_groups)
         s, full = out if keep_full else (out, out)
         if image:
             s, full = from_channels_last_5d(s), from_channels_last_5d(full)

@@ -52,24 +52,28 @@ def _current(x_t: torch.Tensor, alpha, beta, state: torch.dtype) -> torch.Tensor
 
 
 def _pool(s: torch.Tensor, pool: bool) -> torch.Tensor:
-    """2x2 average pooling of a channels-last map ``[B, H, W, C]`` (identity unless ``pool``)."""
+    """2x2 average pooling of a channels-last map ``[*, H, W, C]`` (identity unless ``pool``)."""
     if not pool:
         return s
-    B, H, W, C = s.shape
-    return s.reshape(B, H // 2, 2, W // 2, 2, C).sum((2, 4)) * 0.25
+    *lead, H, W, C = s.shape
+    return s.reshape(*lead, H // 2, 2, W // 2, 2, C).sum((-4, -2)) * 0.25
 
 
 def _unpool(g: torch.Tensor, pool: bool) -> torch.Tensor:
-    """Adjoint of :func:`_pool`: ``[B, H/2, W/2, C] -> [B, H, W, C]``."""
+    """Adjoint of :func:`_pool`: ``[*, H/2, W/2, C] -> [*, H, W, C]``."""
     if not pool:
         return g
-    B, H2, W2, C = g.shape
-    g = (g * 0.25).reshape(B, H2, 1, W2, 1, C)
-    return g.expand(B, H2, 2, W2, 2, C).reshape(B, 2 * H2, 2 * W2, C)
+    *lead, H2, W2, C = g.shape
+    g = (g * 0.25).reshape(*lead, H2, 1, W2, 1, C)
+    return g.expand(*lead, H2, 2, W2, 2, C).reshape(*lead, 2 * H2, 2 * W2, C)
 
 
-def _channel_sum(g: torch.Tensor) -> torch.Tensor:
-    return g.sum(tuple(range(g.dim() - 1)))
+def _channel_sum(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum of ``g`` ``[Tx, *, C]`` per channel, shaped like the statistics ``like``: ``[C]``, or per
+    group ``[G, 1, ..., 1, C]`` for a grouped ``g`` ``[Tx, G, *, C]``."""
+    if like.dim() == 1:
+        return g.sum(tuple(range(g.dim() - 1)))
+    return g.sum((0, *range(2, g.dim() - 1))).view_as(like)
 
 
 def lif_forward_math(x, alpha, beta, gin, lg, threshold: float, timesteps: int, static: bool, pool: bool,
@@ -151,7 +155,8 @@ def lif_backward_reduce(x, g, gv_current, gv_reset, alpha, weight, mean, invstd,
     ``"train"`` (batch statistics ``mean``/``invstd`` of ``x``; the gradient flows through
     them as in BatchNorm).  With a static ``x``, ``g`` is already summed over the T steps and
     BatchNorm's backward over the T identical copies reduces to the usual formula over the
-    distinct values.
+    distinct values.  Grouped batch statistics (``mean`` ``[G, 1, ..., 1, C]``, ``x``
+    ``[Tx, G, *, C]``) are the same formula per group; the affine gradients are summed over groups.
     """
     grad_gin = gv_current.sum(tuple(range(1, gv_current.dim()))) if gv_current is not None else None
     grad_lg = gv_reset.sum(tuple(range(1, gv_reset.dim()))) if gv_reset is not None else None
@@ -160,12 +165,15 @@ def lif_backward_reduce(x, g, gv_current, gv_reset, alpha, weight, mean, invstd,
     dw = db = None
     if need_bn or bn_mode == "train":  # train mode: the input gradient needs them too
         xhat = (x.to(g.dtype) - mean) * invstd
-        db = _channel_sum(g)
-        dw = _channel_sum(g * xhat)
+        db = _channel_sum(g, mean)
+        dw = _channel_sum(g * xhat, mean)
     if bn_mode == "eval":
         return (g * alpha).to(x.dtype), dw, db, grad_gin, grad_lg
-    n = g.numel() // g.shape[-1]
+    groups = mean.shape[0] if mean.dim() > 1 else 1
+    n = g.numel() // (g.shape[-1] * groups)
     gx = (g - db / n - xhat * (dw / n)) * (weight * invstd)
+    if groups > 1:
+        dw, db = dw.reshape(groups, -1).sum(0), db.reshape(groups, -1).sum(0)
     return gx.to(x.dtype), dw, db, grad_gin, grad_lg
 
 
@@ -304,6 +312,34 @@ def triangle_width(surrogate) -> float:
     return float(surrogate.width)
 
 
+def _batch_norm_operands(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, timesteps: int, groups: int,
+                         kernels: str):
+    """``(weight, bias, mean, invstd, bn_mode)`` of :class:`FusedLIF` for ``bn`` on ``x`` ``[Tx, *, C]``
+    (grouped ``[Tx, G, *, C]`` when ``groups > 1``: batch statistics ``[G, 1, ..., 1, C]`` per group, and
+    the running statistics updated by each group in turn, as ``groups`` separate calls would)."""
+    state = _state_dtype(x.dtype)
+    C = x.shape[-1]
+    weight = bn.weight if bn.weight is not None else torch.ones(C, dtype=state, device=x.device)
+    bias = bn.bias if bn.bias is not None else torch.zeros(C, dtype=state, device=x.device)
+    # views give weight/bias a gradient node of their own, which the backward can query
+    weight, bias = weight.to(state).view_as(weight), bias.to(state).view_as(bias)
+    if not (bn.training or not bn.track_running_stats):
+        return weight, bias, bn.running_mean.to(state), torch.rsqrt(bn.running_var.to(state) + bn.eps), "eval"
+    parts = [x[:, g] for g in range(groups)] if groups > 1 else [x]
+    stats = []
+    with torch.no_grad():
+        for part in parts:
+            mean, var = _kernel("stats", kernels)(part)
+            if bn.training and bn.track_running_stats:
+                _update_running_stats(bn, mean, var, (part.numel() // C) * (timesteps // x.shape[0]))
+            stats.append((mean, torch.rsqrt(var + bn.eps)))
+        if groups == 1:
+            return weight, bias, *stats[0], "train"
+        shape = (groups, *[1] * (x.dim() - 3), C)
+        mean, invstd = (torch.stack([s[i] for s in stats]).view(shape) for i in (0, 1))
+    return weight, bias, mean, invstd, "train"
+
+
 def fused_lif(
     x: torch.Tensor,
     neuron,
@@ -312,6 +348,7 @@ def fused_lif(
     pool: bool = False,
     kernels: str = "eager",
     keep_full: bool = False,
+    groups: int = 1,
 ):
     """BatchNorm (optional) -> ``neuron`` over T steps -> 2x2 average pooling (when ``pool``).
 
@@ -321,8 +358,10 @@ def fused_lif(
     ``pool`` and ``keep_full``, the pair ``(pooled, un-pooled spikes [T, B, H, W, C])``, both
     differentiable.  BatchNorm follows ``bn.training``: batch statistics (over all T copies of
     a static input; the running variance's Bessel correction counts them) with the
-    running-statistics update, or the running statistics.  ``neuron``'s surrogate must be a
-    triangle (Eq. 18); any other raises ``ValueError`` naming the ``"reference"`` backend.
+    running-statistics update, or the running statistics.  ``groups > 1``: the batch (dim 1) is
+    that many equal parts with batch statistics of their own (a clean and a perturbed batch in one
+    call compute what two calls would).  ``neuron``'s surrogate must be a triangle (Eq. 18); any
+    other raises ``ValueError`` naming the ``"reference"`` backend.
     """
     if x.dim() < 3 or x.shape[0] not in (1, timesteps):
         raise ValueError(f"fused_lif expects x of shape [T={timesteps} or 1, *, C], got {tuple(x.shape)}")
@@ -330,28 +369,20 @@ def fused_lif(
         raise ValueError(f"fused pooling expects x of shape [T, B, H, W, C] with even H, W, got {tuple(x.shape)}")
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if groups < 1 or x.shape[1] % groups:
+        raise ValueError(f"groups={groups} must be >= 1 and divide the batch of x {tuple(x.shape)}")
     width = triangle_width(neuron.surrogate)
     static = x.shape[0] == 1 and timesteps > 1
-    state = _state_dtype(x.dtype)
-    gin, lg = _gains(neuron, timesteps, state, x.device)
+    gin, lg = _gains(neuron, timesteps, _state_dtype(x.dtype), x.device)
     weight = bias = mean = invstd = None
     bn_mode = "none"
+    grouped = groups > 1 and bn is not None and (bn.training or not bn.track_running_stats)
+    if grouped:
+        x = x.unflatten(1, (groups, -1))  # [Tx, G, B/G, *, C]
     if bn is not None:
-        C = x.shape[-1]
-        weight = bn.weight if bn.weight is not None else torch.ones(C, dtype=state, device=x.device)
-        bias = bn.bias if bn.bias is not None else torch.zeros(C, dtype=state, device=x.device)
-        # views give weight/bias a gradient node of their own, which the backward can query
-        weight, bias = weight.to(state).view_as(weight), bias.to(state).view_as(bias)
-        if bn.training or not bn.track_running_stats:
-            with torch.no_grad():
-                mean, var = _kernel("stats", kernels)(x)
-                invstd = torch.rsqrt(var + bn.eps)
-            if bn.training and bn.track_running_stats:
-                _update_running_stats(bn, mean, var, (x.numel() // C) * (timesteps // x.shape[0]))
-            bn_mode = "train"
-        else:
-            mean = bn.running_mean.to(state)
-            invstd = torch.rsqrt(bn.running_var.to(state) + bn.eps)
-            bn_mode = "eval"
+        weight, bias, mean, invstd, bn_mode = _batch_norm_operands(bn, x, timesteps, groups if grouped else 1, kernels)
     spec = (float(neuron.threshold), width, int(timesteps), static, bool(pool), bool(pool and keep_full), bn_mode, kernels)
-    return FusedLIF.apply(x, weight, bias, gin, lg, mean, invstd, spec)
+    out = FusedLIF.apply(x, weight, bias, gin, lg, mean, invstd, spec)
+    if not grouped:
+        return out
+    return tuple(o.flatten(1, 2) for o in out) if isinstance(out, tuple) else out.flatten(1, 2)

@@ -173,6 +173,29 @@ def test_two_identical_calls_give_identical_outputs(name, backend):
 
 
 @pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("backend", ["reference", "eager"])  # "compiled": new specialisations, minutes of compiling
+def test_bn_groups_compute_separate_passes_in_one(name, backend):
+    """Two batches stacked with ``bn_groups=2``: what two train-mode passes give, running statistics included."""
+    model = tiny(name, backend).train()
+    twin = copy.deepcopy(model)
+    x = [images(0).requires_grad_(True), (0.8 * images(1) + 0.2).requires_grad_(True)]
+    both = model.forward_features(torch.cat(x), record_spikes=True, bn_groups=2)
+    two = [twin.forward_features(xi, record_spikes=True) for xi in x]
+    torch.testing.assert_close(model.forward_head(both), torch.cat([twin.forward_head(f) for f in two], 1), **TOL)
+    torch.testing.assert_close(both.last_current, torch.cat([f.last_current for f in two], 1), **TOL)
+    for i, s in enumerate(both.spikes):
+        assert (s != torch.cat([f.spikes[i] for f in two], 1)).float().mean() < 1e-3
+    g = torch.autograd.grad(both.last_current.pow(2).mean(), x)
+    g_two = torch.autograd.grad(torch.cat([f.last_current for f in two], 1).pow(2).mean(), x)
+    for a, b in zip(g, g_two):
+        torch.testing.assert_close(a, b, **TOL)
+    for (k, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
+        torch.testing.assert_close(a.float(), b.float(), **TOL, msg=lambda m, k=k: f"{k}: {m}")
+    with pytest.raises(ValueError, match="bn_groups=3 must be an int >= 1 dividing the batch"):
+        model.forward_features(torch.cat(x), bn_groups=3)
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_backend_is_validated_and_propagates(name):
     for backend in BACKENDS:  # chosen at construction
         built = tiny(name, backend)

@@ -142,6 +142,45 @@ def test_pooled_and_full_spikes_together(form, bn_mode):
     torch.testing.assert_close(only_full, exp_only_full, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["per-step", "static"])
+@pytest.mark.parametrize("layout", ["pool", "pool-keep-full", "flat"])
+def test_groups_are_separate_calls_in_one(static, layout):
+    """``groups=2`` on two stacked batches: the spikes, gradients and running statistics of two calls."""
+    pool, keep_full = layout != "flat", layout == "pool-keep-full"
+    neuron, bn, g = make("leak", "train")
+    halves = [0.5 + 1.5 * torch.randn(1 if static else T, B, H, W, C, generator=g, dtype=torch.float64) for _ in "ab"]
+    halves[1] = 2.0 * halves[1] - 0.5  # other statistics than the first half
+    both = torch.cat(halves, dim=1).requires_grad_(True)
+    parts = [h.clone().requires_grad_(True) for h in halves]
+    bn_two = copy.deepcopy(bn)
+
+    def call(x, norm, groups=1):
+        x = x if pool else x.flatten(1, 3)  # [Tx, B, H, W, C] or [Tx, B*H*W, C]
+        out = fused_lif(x, neuron, T, norm, pool, keep_full=keep_full, groups=groups)
+        return out if keep_full else (out,)
+
+    out = call(both, bn, 2)
+    two = [call(p, bn_two) for p in parts]  # in order: the running statistics see the first half first
+    for got, *want in zip(out, *two):
+        assert torch.equal(got, torch.cat(want, dim=1))
+    weights = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out]
+    grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), [both, neuron.gain, bn.weight, bn.bias])
+    loss_two = sum((torch.cat([t[k] for t in two], dim=1) * w).sum() for k, w in enumerate(weights))
+    want = torch.autograd.grad(loss_two, [*parts, neuron.gain, bn_two.weight, bn_two.bias])
+    torch.testing.assert_close(grads[0], torch.cat(want[:2], dim=1), rtol=1e-10, atol=1e-12)
+    for got, exp in zip(grads[1:], want[2:]):
+        torch.testing.assert_close(got, exp, rtol=1e-10, atol=1e-12)
+    for a, b in zip(bn.buffers(), bn_two.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert int(bn.num_batches_tracked) == 2
+
+
+def test_groups_must_divide_the_batch():
+    neuron, bn, _ = make(None, "train", dtype=torch.float32)
+    with pytest.raises(ValueError, match="groups=2 must be >= 1 and divide the batch"):
+        fused_lif(torch.zeros(T, 3, C), neuron, T, bn, groups=2)
+
+
 def test_other_surrogates_are_refused_naming_the_reference_backend():
     neuron, bn, _ = make(None, "eval", dtype=torch.float32)
     neuron.surrogate = Arctan(2.0)

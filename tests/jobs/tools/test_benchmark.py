@@ -1,4 +1,5 @@
-"""jobs.tools.benchmark: a tiny run of the training-step and PGD benchmarks prints one parsable JSON object."""
+"""jobs.tools.benchmark: a tiny run of the training-step and PGD benchmarks prints one parsable JSON object;
+its defaults are the training job's step settings."""
 from __future__ import annotations
 
 import json
@@ -7,10 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from jobs.config import load_job_config
+from jobs.tools.benchmark import parse_args
+from jobs.tools.measure import bf16_is_native
+from jobs.training.settings import step_settings
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = ["--width", "0.25", "--classifier-width", "32", "--timesteps", "2", "--batch-size", "4",
-        "--steps", "1", "--warmup", "0", "--kernels", "eager", "--json"]
+        "--steps", "1", "--warmup", "0", "--backend", "eager", "--allow-emulated-bf16", "--json"]
+QUICK = REPO / "jobs" / "configs" / "quick.yaml"
+PAPER = REPO / "jobs" / "configs" / "paper-vgg11-cifar10-at-rho1.yaml"
 
 
 def run_benchmark(*extra: str) -> dict:
@@ -22,9 +31,32 @@ def run_benchmark(*extra: str) -> dict:
     return json.loads(lines[0])
 
 
+@pytest.mark.parametrize("preset, overrides, expected", [
+    # (precision, attack precision, backend, threads) of a worker, written out from the preset's fields
+    (QUICK, [], ("fp32", "fp32", load_job_config(QUICK).model.backend, 1)),  # 0.5 CPUs per worker: 1 thread
+    (QUICK, ["run.cpus_per_worker=2", "model.backend=compiled"], ("fp32", "fp32", "compiled", 2)),
+    (PAPER, [], ("bf16", "fp32", "eager", 4)),
+    (PAPER, ["optim.attack_precision=bf16", "run.cpus_per_worker=2.5"], ("bf16", "bf16", "eager", 2)),
+])
+def test_the_defaults_are_the_training_jobs_step_settings(preset, overrides, expected):
+    argv = ["--config", str(preset), "--allow-emulated-bf16"] + [a for o in overrides for a in ("--set", o)]
+    args = parse_args(argv)
+    job = step_settings(load_job_config(preset, overrides))  # what jobs.training's workers train with
+    assert (job.precision, job.attack_precision, job.backend, job.threads) == expected
+    assert (args.precision, args.attack_precision, args.backend, args.threads) == expected
+    # an explicit flag wins over the job's setting
+    assert parse_args([*argv, "--threads", "3", "--backend", "reference"]).threads == 3
+
+
+def test_eval_defaults_to_fp32_like_the_evaluation_job():
+    args = parse_args(["--config", str(PAPER), "--eval", "--allow-emulated-bf16"])
+    assert args.precision == "fp32" and args.backend == "eager"
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_train_benchmark_json(precision):
     out = run_benchmark("--precision", precision, "--mode", "at", "--rho", "1.0")
+    assert (out["precision"], out["attack_precision"], out["backend"], out["threads"]) == (precision, "fp32", "eager", 1)
     assert out["benchmark"] == "train_step"
     assert set(out["paths"]) == {"fast", "reference"}
     for key in ("fast_images_per_s", "reference_images_per_s", "speedup", "fast_peak_mb", "reference_peak_mb",
@@ -53,6 +85,10 @@ def test_eval_benchmark_json():
     (["--width", "0"], "--width must be > 0"),
     (["--eval", "--precision", "fp16"], "--eval supports --precision fp32 or bf16"),
     (["--arch", "resnet18"], "invalid choice: 'resnet18'"),
+    (["--kernels", "eager"], "unrecognized arguments: --kernels"),
+    (["--backend", "triton"], "invalid choice: 'triton'"),
+    (["--set", "model.backend=triton"], "model.backend='triton' is invalid"),
+    (["--config", "no/such/preset.yaml"], "does not exist"),
 ])
 def test_bad_arguments_are_refused_before_any_work(args, message):
     proc = subprocess.run([sys.executable, "-m", "jobs.tools.benchmark", *args], cwd=REPO,
@@ -60,6 +96,15 @@ def test_bad_arguments_are_refused_before_any_work(args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "step 1" not in proc.stderr  # nothing was timed
+
+
+def test_emulated_bf16_is_refused_unless_allowed():
+    if bf16_is_native(torch.device("cpu")):
+        pytest.skip("this CPU computes bf16 in hardware")
+    proc = subprocess.run([sys.executable, "-m", "jobs.tools.benchmark", "--config", str(PAPER)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "bf16 on this cpu is emulated" in proc.stderr and "--allow-emulated-bf16" in proc.stderr
 
 
 def test_cuda_without_a_device_is_refused():
