@@ -251,7 +251,7 @@ def test_job_end_to_end(tmp_path, mlflow_server, ray_head, cifar10, monkeypatch,
 def test_evaluation_of_the_quick_run(quick_run, tmp_path, cifar10):
     """The quick preset's trained model under paper-table1 on 16 test images: the run is opened before the attacks
     (its duration covers them), carries the training run's parameters, a link to it and the split; the attacks
-    really ran (predictions under attack differ from the clean ones); promotion on the test split is refused."""
+    really ran (their time); promotion on the test split is refused."""
     from mlflow import MlflowClient
 
     client = MlflowClient(quick_run.tracking_uri)
@@ -282,11 +282,14 @@ def test_evaluation_of_the_quick_run(quick_run, tmp_path, cifar10):
     history = client.get_metric_history(run.info.run_id, "progress/batches_done")
     assert [m.value for m in history] == [1.0, 2.0]
 
+    # The attacks really ran. This model (one epoch on 512 images) gives every image the same logits, so no attack
+    # can change a prediction; what shows the work is its time: PGD-40 is 40 forward-backward passes of every
+    # image, the clean row one forward pass (a job that skipped the attacks would spend about the same on both).
+    seconds = {k.removeprefix("seconds/"): v for k, v in run.data.metrics.items() if k.startswith("seconds/")}
+    assert seconds["pgd-40"] > 10 * seconds["clean"] and seconds["pgd-20"] > 5 * seconds["clean"], seconds
     table = pq.read_table(Path(client.download_artifacts(run.info.run_id, "results.parquet", str(tmp_path))))
-    rows = table.to_pylist()
-    clean = {r["sample"]: r["predicted"] for r in rows if r["attack"] == "clean"}
-    changed = {r["attack"] for r in rows if r["attack"] not in ("clean", "worst-case") and r["predicted"] != clean[r["sample"]]}
-    assert {"fgsm", "pgd-10", "apgd-ce"} <= changed, changed
+    assert {r["attack"] for r in table.to_pylist()} == {"clean", "fgsm", "pgd-7", "pgd-10", "pgd-20", "pgd-40",
+                                                          "apgd-ce", "apgd-dlr", "worst-case"}
     tags = client.get_model_version(source.name, source.version).tags
     assert tags["eval.paper-table1.run_id"] == run.info.run_id and tags["eval.paper-table1.flags"]
 
