@@ -245,6 +245,7 @@ def test_strict_holds_paper_autoattack_and_adaptive_rows():
     unbounded = rows["pgd-20_unbounded"].attack()
     assert unbounded.eps == 1.0 and not unbounded.random_start
     assert rows["pgd-100"].attack().steps == 100 and rows["pgd-100"].attack().alpha == pytest.approx(2 / 255)
+    assert rows["pgd-100"].after == rows["pgd-10"].after == ()  # compared with PGD-10 by a flag: on the same samples
 
 
 def tiny_budget():
