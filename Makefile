@@ -70,10 +70,14 @@ demo: stack-up
 	$(VENV)/bin/ray job submit --address $(RAY_ADDRESS_HTTP) --working-dir . --runtime-env-json "$$ENV" -- \
 		python -m jobs.train --config jobs/configs/quick.yaml --set run.name=$$RUN --set data.download=$(DATA_DOWNLOAD) \
 		|| exit 1; \
-	echo "== attack evaluation of models:/$(DEMO_MODEL)@candidate (protocol quick)"; \
+	echo "== promotion: models:/$(DEMO_MODEL)@candidate on its run's validation split (protocol quick)"; \
+	$(VENV)/bin/ray job submit --address $(RAY_ADDRESS_HTTP) --working-dir . --runtime-env-json "$$ENV" -- \
+		python -m jobs.evaluate --model-uri models:/$(DEMO_MODEL)@candidate --protocol quick --split validation \
+		--limit 500 --dataset-root $(DATA_ROOT) --workers 2 --promote champion || exit 1; \
+	echo "== report: models:/$(DEMO_MODEL)@candidate on the test split (protocol quick)"; \
 	$(VENV)/bin/ray job submit --address $(RAY_ADDRESS_HTTP) --working-dir . --runtime-env-json "$$ENV" -- \
 		python -m jobs.evaluate --model-uri models:/$(DEMO_MODEL)@candidate --protocol quick --limit 500 \
-		--dataset-root $(DATA_ROOT) --workers 2 --promote champion || exit 1; \
+		--dataset-root $(DATA_ROOT) --workers 2 || exit 1; \
 	echo; \
 	echo "MLflow UI:        $(MLFLOW_URI)  (experiment stable-snn, run $$RUN)"; \
 	echo "Ray dashboard:    $(RAY_ADDRESS_HTTP)"; \

@@ -1,5 +1,5 @@
 """Reports of an evaluation: the per-sample table (Parquet, Markdown), the eps curve (PNG),
-the headline tags of a model version, and the champion decision.
+the headline tags of a model version, the flags as run tags, and the champion decision.
 
 Pure functions of a :class:`~stable_snn.attacks.ProtocolResult`; no MLflow calls here.
 """
@@ -26,13 +26,22 @@ RESULTS_SCHEMA = pa.schema([
 ])
 
 
-def tag_prefix(protocol: str) -> str:
-    return f"eval.{protocol}"
+STRICT_HEADLINE = "robust_accuracy_strict"
+"""Model-version tag of the headline number: the worst case of ``strict`` on the test split."""
 
 
-def data_key(dataset: str, limit: int | None, data_seed: int = 0) -> str:
-    """What "the same data" means when comparing versions: the whole test split, or its balanced subset."""
-    return f"{dataset}:test" if limit is None else f"{dataset}:test:balanced-{limit}:seed{data_seed}"
+def tag_prefix(protocol: str, split: str = "test") -> str:
+    """``eval.<protocol>`` for the test split, ``eval.validation.<protocol>`` for the validation split."""
+    return f"eval.{protocol}" if split == "test" else f"eval.{split}.{protocol}"
+
+
+def data_key(dataset: str, split: str, limit: int | None, data_seed: int = 0) -> str:
+    """What "the same data" means when comparing versions: a split, whole or as a balanced subset.
+
+    On the validation split each version is scored on its own run's held-out images (the ones it
+    never trained on), so the key names how they were cut, not which images they are.
+    """
+    return f"{dataset}:{split}" if limit is None else f"{dataset}:{split}:balanced-{limit}:seed{data_seed}"
 
 
 def write_results_parquet(result: ProtocolResult, path: Path, sample_ids=None) -> Path:
@@ -84,14 +93,27 @@ def metrics_of(result: ProtocolResult) -> dict[str, float]:
     return metrics
 
 
-def version_tags(result: ProtocolResult, *, data: str, run_id: str) -> dict[str, str]:
-    """Headline numbers as model-version tags ``eval.<protocol>.<row>``, plus data (:func:`data_key`), run, flags."""
-    prefix = tag_prefix(result.protocol)
+def version_tags(result: ProtocolResult, *, data: str, run_id: str, split: str = "test") -> dict[str, str]:
+    """Headline numbers as model-version tags ``<prefix>.<row>`` (:func:`tag_prefix`), plus data
+    (:func:`data_key`), run and flags; the worst case of ``strict`` on the test split also as
+    :data:`STRICT_HEADLINE`."""
+    prefix = tag_prefix(result.protocol, split)
     tags = {f"{prefix}.{name}": f"{acc:.4f}" for name, acc in result.accuracies.items()}
     tags[f"{prefix}.data"] = data
     tags[f"{prefix}.run_id"] = run_id
     if result.flags:
         tags[f"{prefix}.flags"] = ",".join(result.raised_flags) or "none"
+    if result.protocol == "strict" and split == "test" and WORST_CASE in result.accuracies:
+        tags[STRICT_HEADLINE] = f"{result.accuracies[WORST_CASE]:.4f}"
+    return tags
+
+
+def flag_tags(result: ProtocolResult) -> dict[str, str]:
+    """Run tags of the sanity flags: ``flag.<check>`` (raised / ok) and ``flags_raised``."""
+    if not result.flags:
+        return {}
+    tags = {f"flag.{name}": "raised" if f.raised else "ok" for name, f in result.flags.items()}
+    tags["flags_raised"] = ",".join(result.raised_flags) or "none"
     return tags
 
 
@@ -102,9 +124,11 @@ class PromotionDecision:
 
 
 def decide_promotion(*, protocol: str, data: str, candidate_version: str, candidate_score: float,
-                     champion_version: str | None, champion_tags: dict[str, str] | None) -> PromotionDecision:
-    """Move the champion alias only if the candidate's worst case beats the champion's on the same protocol and data."""
-    prefix = tag_prefix(protocol)
+                     champion_version: str | None, champion_tags: dict[str, str] | None,
+                     split: str = "validation") -> PromotionDecision:
+    """Move the champion alias only if the candidate's worst case beats the champion's on the same protocol and data
+    (the validation split: each version on its own run's held-out images, cut the same way)."""
+    prefix = tag_prefix(protocol, split)
     if champion_version is None:
         return PromotionDecision(True, "there is no champion yet")
     if str(champion_version) == str(candidate_version):
@@ -115,7 +139,7 @@ def decide_promotion(*, protocol: str, data: str, candidate_version: str, candid
         return PromotionDecision(False, (
             f"champion version {champion_version} has no {protocol} result on {data} to compare with "
             f"(its tag {prefix}.data={tags.get(f'{prefix}.data')!r}); "
-            "evaluate it with the same protocol, --limit and --data-seed first"))
+            "evaluate it with the same protocol, --split, --limit and --data-seed first"))
     champion_score = float(score)
     if math.isnan(candidate_score) or candidate_score <= champion_score:
         return PromotionDecision(False, (f"worst case {candidate_score:.4f} does not beat champion version "

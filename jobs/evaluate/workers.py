@@ -9,7 +9,6 @@ merged result equals the in-process one (``workers=0``) for the same batch size 
 from __future__ import annotations
 
 import copy
-import logging
 import os
 from argparse import Namespace
 from typing import Callable
@@ -25,9 +24,7 @@ from stable_snn.attacks import (
 )
 
 from ..threads import use_reserved_cpus
-from .data import TestSet
-
-log = logging.getLogger("stable_snn.evaluate")
+from .data import EvalSet
 
 
 class EvalWorker:
@@ -73,30 +70,23 @@ def evaluate_distributed(model: nn.Module, images: torch.Tensor, labels: torch.T
     return merge_batches(protocol, results)
 
 
-def progress_logger(protocol: str) -> Callable[[ProgressEvent], None]:
-    def report(e: ProgressEvent) -> None:
-        log.info("[%s] %-18s batch %d/%d (%d done): running accuracy %6.2f%% (%.2f s)", protocol, e.row,
-                 e.batches_done, e.num_batches, e.samples, 100 * e.running_accuracy, e.seconds)
-    return report
-
-
-def run_attacks(args: Namespace, protocol: Protocol, model: nn.Module, test: TestSet) -> ProtocolResult:
-    """The protocol on ``test``: in-process with ``--workers 0``, else on that many Ray actors (Ray from
+def run_attacks(args: Namespace, protocol: Protocol, model: nn.Module, data: EvalSet,
+                progress: Callable[[ProgressEvent], None] | None = None) -> ProtocolResult:
+    """The protocol on ``data``: in-process with ``--workers 0``, else on that many Ray actors (Ray from
     ``--ray-address`` / ``$RAY_ADDRESS``, else a local instance); the result is the same either way."""
-    report = progress_logger(protocol.name)
     if args.workers == 0:
         if args.threads:
             torch.set_num_threads(args.threads)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        return evaluate_protocol(model.to(device).eval(), test.images, test.labels, protocol,
-                                 batch_size=args.batch_size, generator_seed=args.seed, progress=report)
+        return evaluate_protocol(model.to(device).eval(), data.images, data.labels, protocol,
+                                 batch_size=args.batch_size, generator_seed=args.seed, progress=progress)
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address=args.ray_address, log_to_driver=True)
     try:
-        return evaluate_distributed(model, test.images, test.labels, protocol, batch_size=args.batch_size,
-                                    generator_seed=args.seed, workers=args.workers, progress=report,
+        return evaluate_distributed(model, data.images, data.labels, protocol, batch_size=args.batch_size,
+                                    generator_seed=args.seed, workers=args.workers, progress=progress,
                                     cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker)
     finally:
         if started:

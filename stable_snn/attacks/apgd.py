@@ -17,6 +17,12 @@ Losses: cross-entropy (APGD-CE) or the untargeted DLR loss (APGD-DLR, Eq. 6 of t
 the sorted logits. ``n_restarts`` runs start from fresh uniform random points in the eps-ball
 and only attack the samples no earlier run has fooled.
 
+APGD-T (:class:`APGDT`, AutoAttack's targeted version, Sec. 5 of the paper): for each of the
+``n_target_classes`` classes with the highest clean logits after the label (ranks 2, 3, ...), one
+APGD run on the samples still robust with the targeted DLR loss
+``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``; a sample counts as fooled when it is
+misclassified (as any class), as in AutoAttack.
+
 Where this differs from the AutoAttack code (which follows the same paper): the checkpoints
 are the paper's fractions (the code uses ``int(0.22 N)`` with a fixed decrement); condition 1
 uses the paper's strict ``<``; the check at ``w_j`` replaces ``x[w_j]`` itself by the best point
@@ -46,6 +52,16 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     is_label = F.one_hot(labels, logits.shape[1]).bool()
     z_other = logits.masked_fill(is_label, float("-inf")).max(dim=1).values
     return -(z_y - z_other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR loss per sample, ``[B, C] -> [B]``: ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``; C >= 4."""
+    if logits.dim() != 2 or logits.shape[1] < 4:
+        raise ValueError(f"targeted DLR needs logits of shape [B, C >= 4], got {tuple(logits.shape)}")
+    top = logits.sort(dim=1, descending=True).values
+    z_y = logits.gather(1, labels[:, None]).squeeze(1)
+    z_t = logits.gather(1, targets[:, None]).squeeze(1)
+    return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -105,36 +121,35 @@ class APGD(Attack):
     def sample_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return dlr_loss(logits, labels) if self.loss_name == "dlr" else ce_loss(logits, labels)
 
-    def _loss_grad(self, model, x, labels):
-        """(logits ``[B, C]``, loss ``[B]``, d loss / d x ``[B, C, H, W]``), parameters untouched."""
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.get_logits(model, x)
-            losses = self.sample_losses(logits, labels)
-            (grad,) = torch.autograd.grad(losses.sum(), x)
-        return logits.detach(), losses.detach(), grad.detach()
-
     def perturb(self, model, images, labels, generator):
         with torch.no_grad():
             robust = self.get_logits(model, images).argmax(1) == labels
         adv = images.clone()
+        self._runs(model, images, labels, robust, adv, generator, self.sample_losses)
+        return adv
+
+    def _runs(self, model, images, labels, robust, adv, generator, loss_fn, targets=None) -> None:
+        """``n_restarts`` runs on the ``robust`` samples, updating ``robust`` and ``adv`` in place.
+
+        ``loss_fn(logits, labels)``, or ``loss_fn(logits, labels, targets)`` with ``targets`` ``[B]``.
+        """
         for _ in range(self.n_restarts):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            x_out, fooled = self._single_run(model, images[idx], labels[idx], generator)
+            fn = loss_fn if targets is None else (lambda z, y, t=targets[idx]: loss_fn(z, y, t))
+            x_out, fooled = self._single_run(model, images[idx], labels[idx], generator, fn)
             adv[idx] = x_out
             robust[idx[fooled]] = False
-        return adv
 
-    def _single_run(self, model, x, y, generator):
+    def _single_run(self, model, x, y, generator, loss_fn):
         """One APGD run on ``x`` ``[B, C, H, W]``: (adversarial or best-loss points, fooled ``[B]``)."""
         eps, n_iter = self.eps, self.steps
         shape = (-1,) + (1,) * (x.dim() - 1)
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_cur = project(x + (2 * noise - 1) * eps, x, eps)
         x_prev = x_cur.clone()
-        logits, loss_cur, grad = self._loss_grad(model, x_cur, y)
+        logits, loss_cur, grad = self.loss_grad(model, x_cur, y, loss_fn)
 
         fooled = logits.argmax(1) != y
         x_adv = x_cur.clone()  # first point that fooled the model (else overwritten by x_best at the end)
@@ -152,7 +167,7 @@ class APGD(Attack):
             z = project(x_cur + eta.view(shape) * grad.sign(), x, eps)
             x_next = project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, eps)
             x_prev, x_cur = x_cur, x_next
-            logits, loss_new, grad = self._loss_grad(model, x_cur, y)
+            logits, loss_new, grad = self.loss_grad(model, x_cur, y, loss_fn)
 
             increases += (loss_new > loss_cur).float()
             loss_cur = loss_new
@@ -177,3 +192,28 @@ class APGD(Attack):
 
         out = torch.where(fooled.view(shape), x_adv, x_best)
         return out, fooled
+
+
+class APGDT(APGD):
+    """APGD-T: targeted DLR, one run per target class (ranks 2..``n_target_classes + 1`` of the clean logits).
+
+    Args: as :class:`APGD` (``n_restarts`` runs per target), and ``n_target_classes`` (9 in AutoAttack).
+    """
+
+    def __init__(self, eps: float = 8 / 255, steps: int = 100, n_restarts: int = 1, rho: float = 0.75,
+                 momentum: float = 0.75, n_target_classes: int = 9) -> None:
+        super().__init__(eps, steps, n_restarts, rho, momentum, loss="dlr")
+        if int(n_target_classes) < 1:
+            raise ValueError(f"n_target_classes={n_target_classes!r} is invalid: allowed an integer >= 1")
+        self.n_target_classes = int(n_target_classes)
+
+    @property
+    def name(self) -> str:
+        return "apgd-t"
+
+    def perturb(self, model, images, labels, generator):
+        robust, ranked = self.ranked_classes(model, images, labels, self.n_target_classes)
+        adv = images.clone()
+        for rank in range(1, self.n_target_classes + 1):
+            self._runs(model, images, labels, robust, adv, generator, dlr_targeted_loss, ranked[:, rank])
+        return adv

@@ -76,14 +76,32 @@ class Attack:
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, reduction="sum")
 
-    def input_grad(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor):
-        """(loss per batch, d loss / d x) in fp32 without touching parameter gradients."""
+    def loss_grad(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, loss_fn=None):
+        """(logits ``[B, C]``, ``loss_fn(logits, labels)``, d sum(loss) / d x) in fp32, parameters untouched.
+
+        ``loss_fn`` defaults to :meth:`loss`; a per-sample loss ``[B]`` comes back per sample.
+        """
         x = x.detach().float().requires_grad_(True)
         with torch.enable_grad():
             logits = self.get_logits(model, x)
-            loss = self.loss(logits, labels)
-            (grad,) = torch.autograd.grad(loss, x)
-        return logits.detach(), grad.detach()
+            loss = (loss_fn or self.loss)(logits, labels)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        return logits.detach(), loss.detach(), grad.detach()
+
+    def input_grad(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor):
+        """(logits, d loss / d x) in fp32 without touching parameter gradients."""
+        logits, _, grad = self.loss_grad(model, x, labels)
+        return logits, grad
+
+    def ranked_classes(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, n_targets: int):
+        """(robust ``[B]``: correctly classified, classes ``[B, C]`` by decreasing clean logit) for a targeted
+        attack on the ``n_targets`` classes after the first; ValueError when the model has too few classes."""
+        with torch.no_grad():
+            logits = self.get_logits(model, images)
+        if logits.shape[1] < n_targets + 1:
+            raise ValueError(f"{self.name} with {n_targets} target classes needs at least {n_targets + 1} classes, "
+                             f"the model has {logits.shape[1]}")
+        return logits.argmax(1) == labels, logits.argsort(dim=1, descending=True)
 
     def perturb(self, model, images, labels, generator):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -7,8 +7,10 @@ Random search on the margin loss ``L(x) = z_y - max_{i != y} z_i`` (a sample is 
 * each query: a random square window of side ``h = round(sqrt(p * H * W))`` (clipped to
   ``[1, min(H, W) - 1]``) at a random position is set to ``x + eps * s_c`` with one random sign
   per channel, the candidate is projected to [0, 1], and kept if it lowers the margin;
-* ``p`` follows the paper's schedule: ``p_init`` halved at 10, 50, 200, 500, 1000, 2000, 4000,
-  6000 and 8000 queries, times rescaled from 10,000 queries to ``n_queries``.
+* ``p`` follows the paper's schedule: ``p_init`` halved after 10, 50, 200, 500, 1000, 2000, 4000,
+  6000 and 8000 iterations of a 10,000-query budget; with ``rescale_schedule`` (the default of the
+  authors' code) these times are rescaled to ``n_queries``, without it they are kept as they are
+  (AutoAttack runs 5,000 queries so: ``p`` then halves at 10, ..., 4000 and stops at ``p_init / 64``).
 
 Each sample uses at most ``n_queries`` model evaluations per run (the start point counts);
 samples already misclassified, or fooled, stop querying. Window positions and signs are
@@ -34,9 +36,9 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return z_y - logits.masked_fill(is_label, float("-inf")).max(dim=1).values
 
 
-def p_selection(p_init: float, it: int, n_queries: int) -> float:
-    """Fraction of pixels changed at iteration ``it`` (the paper's schedule, rescaled to ``n_queries``)."""
-    scaled = int(it / n_queries * 10000)
+def p_selection(p_init: float, it: int, n_queries: int, rescale: bool = True) -> float:
+    """Fraction of pixels changed at iteration ``it`` (the paper's schedule, rescaled to ``n_queries`` or not)."""
+    scaled = int(it / n_queries * 10000) if rescale else int(it)
     halvings = sum(scaled > t for t in P_SCHEDULE)
     return p_init / 2 ** halvings
 
@@ -58,11 +60,13 @@ class Square(Attack):
         n_queries: model evaluations per sample and run (1000 in the obfuscation checks).
         p_init: initial fraction of pixels per square (0.8 for L-inf in the paper).
         n_restarts: runs, each on the samples no earlier run has fooled.
+        rescale_schedule: rescale the schedule of ``p`` to ``n_queries`` (False in AutoAttack).
     """
 
     name = "square"
 
-    def __init__(self, eps: float = 8 / 255, n_queries: int = 1000, p_init: float = 0.8, n_restarts: int = 1) -> None:
+    def __init__(self, eps: float = 8 / 255, n_queries: int = 1000, p_init: float = 0.8, n_restarts: int = 1,
+                 rescale_schedule: bool = True) -> None:
         super().__init__(eps)
         if int(n_queries) < 1:
             raise ValueError(f"n_queries={n_queries!r} is invalid: allowed an integer >= 1")
@@ -71,6 +75,7 @@ class Square(Attack):
         self.n_queries = int(n_queries)
         self.p_init = check_eps("p_init", p_init)
         self.n_restarts = int(n_restarts)
+        self.rescale_schedule = bool(rescale_schedule)
 
     def perturb(self, model, images, labels, generator):
         with torch.no_grad():
@@ -99,7 +104,7 @@ class Square(Attack):
                 break
             m = todo.numel()
             x_cur, x_best_cur = x[todo], x_best[todo]
-            side = int(round(math.sqrt(p_selection(self.p_init, it, self.n_queries) * h * w)))
+            side = int(round(math.sqrt(p_selection(self.p_init, it, self.n_queries, self.rescale_schedule) * h * w)))
             side = min(max(side, 1), min(h, w) - 1)
             top = _randint(h - side, m, generator, device).view(-1, 1, 1, 1)
             left = _randint(w - side, m, generator, device).view(-1, 1, 1, 1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from stable_snn.attacks import APGD, apgd_checkpoints, dlr_loss
+from stable_snn.attacks import APGD, APGDT, apgd_checkpoints, dlr_loss, dlr_targeted_loss
 from stable_snn.attacks.apgd import ce_loss
 from tests.attacks.helpers import predictions
 
@@ -69,10 +69,8 @@ class SmoothNet(nn.Module):
         return (torch.tanh(x.double().flatten(1) @ self.w1 * 4.0) @ self.w2).float()
 
 
-def apgd_reference(model, x, y, *, eps, n_iter, rho, momentum, loss, noise):
-    """Alg. 1 for one sample ``x`` [C, H, W], with the choices documented in apgd.py."""
-    loss_fn = dlr_loss if loss == "dlr" else ce_loss
-
+def one_sample(model, x, y, eps, loss_fn):
+    """(projection onto the eps-ball of ``x`` [C, H, W] and [0, 1], z -> (loss, d loss / d z, fooled)) for one sample."""
     def proj(z):
         return torch.min(torch.max(z, x - eps), x + eps).clamp(0, 1)
 
@@ -83,6 +81,13 @@ def apgd_reference(model, x, y, *, eps, n_iter, rho, momentum, loss, noise):
             val = loss_fn(logits, y[None])[0]
             (g,) = torch.autograd.grad(val, z)
         return val.item(), g, bool(logits.argmax(1).item() != y.item())
+
+    return proj, f
+
+
+def apgd_reference(model, x, y, *, eps, n_iter, rho, momentum, loss, noise):
+    """Alg. 1 for one sample ``x`` [C, H, W], with the choices documented in apgd.py (``loss``: a name or a function)."""
+    proj, f = one_sample(model, x, y, eps, loss if callable(loss) else (dlr_loss if loss == "dlr" else ce_loss))
 
     checkpoints = paper_checkpoints(n_iter)
     x_k = proj(x + (2 * noise - 1) * eps)
@@ -138,6 +143,51 @@ def test_apgd_matches_slow_transcription(loss, n_iter, eps):
     assert torch.equal(adv[:2], x[:2])
     fooled = model(adv).argmax(1) != y
     assert fooled[2:].any(), "the attack should fool some samples of this easy model"
+
+
+def dlr_targeted_reference(z: torch.Tensor, y: int, t: int) -> float:
+    """-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12), one sample."""
+    zs = sorted(z.tolist(), reverse=True)
+    return -(z[y].item() - z[t].item()) / (zs[0] - 0.5 * (zs[2] + zs[3]) + 1e-12)
+
+
+def test_targeted_dlr_matches_transcription():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 10, generator=g, dtype=torch.float64)
+    y, t = torch.randint(0, 10, (16,), generator=g), torch.randint(0, 10, (16,), generator=g)
+    expected = torch.tensor([dlr_targeted_reference(z[i], int(y[i]), int(t[i])) for i in range(16)], dtype=z.dtype)
+    assert torch.allclose(dlr_targeted_loss(z, y, t), expected)
+    with pytest.raises(ValueError, match="C >= 4"):
+        dlr_targeted_loss(z[:, :3], y.clamp(max=2), t.clamp(max=2))
+
+
+def test_apgd_t_matches_slow_transcription():
+    """One APGD run per target class (ranks 2 and 3 of the clean logits) on the samples still robust."""
+    model = SmoothNet()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(40, 3, 4, 4, generator=g)
+    with torch.no_grad():
+        logits = model(x)
+    y = logits.argmax(1)
+    y[:2] = (y[:2] + 1) % 5
+    eps, n_iter = 0.04, 12
+    adv = APGDT(eps=eps, steps=n_iter, n_target_classes=2)(model, x, y, torch.Generator().manual_seed(5))
+
+    draws = torch.Generator().manual_seed(5)
+    robust = logits.argmax(1) == y
+    expected = x.clone()
+    for rank in (1, 2):
+        idx = robust.nonzero().squeeze(1).tolist()
+        noise = torch.rand((len(idx), 3, 4, 4), generator=draws)
+        for j, i in enumerate(idx):
+            target = int(logits[i].argsort(descending=True)[rank])
+            out = apgd_reference(model, x[i], y[i], eps=eps, n_iter=n_iter, rho=0.75, momentum=0.75, noise=noise[j],
+                                 loss=lambda z, yy, t=target: dlr_targeted_loss(z, yy, torch.tensor([t])))
+            expected[i] = out
+            if model(out[None]).argmax(1).item() != y[i].item():
+                robust[i] = False
+    assert torch.allclose(adv, expected, atol=1e-6)
+    assert (model(adv).argmax(1) != y)[2:].any()
 
 
 @pytest.mark.slow  # trains a model

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stable_snn.attacks import APGD, FGSM, PGD, RFGSM, GaussianNoise, Square
+from stable_snn.attacks import APGD, APGDT, ASSG, FABT, FGSM, PGD, RFGSM, SAPGD, GaussianNoise, Square
 from tests.attacks.helpers import accuracy
 
 # every attack bounded by an eps-ball, with small budgets so the suite stays fast
@@ -16,6 +16,13 @@ ATTACKS = {
     "apgd-dlr": lambda eps=8 / 255: APGD(eps=eps, steps=4, loss="dlr"),
     "apgd-ce-2-restarts": lambda eps=8 / 255: APGD(eps=eps, steps=3, n_restarts=2, loss="ce"),
     "square": lambda eps=8 / 255: Square(eps=eps, n_queries=20),
+    "square-unrescaled": lambda eps=8 / 255: Square(eps=eps, n_queries=20, rescale_schedule=False),
+    "apgd-t": lambda eps=8 / 255: APGDT(eps=eps, steps=3, n_target_classes=2),
+    "fab-t": lambda eps=8 / 255: FABT(eps=eps, steps=3, n_target_classes=2),
+    "fab-t-2-restarts": lambda eps=8 / 255: FABT(eps=eps, steps=2, n_restarts=2, n_target_classes=1),
+    "assg-sapgd": lambda eps=8 / 255: SAPGD(eps=eps, steps=3),
+    "assg-sapgd-triangle": lambda eps=8 / 255: SAPGD(eps=eps, steps=3, assg=ASSG(shape="triangle", bound=0.8)),
+    "sa-pgd": lambda eps=8 / 255: SAPGD(eps=eps, steps=3, assg=None),
 }
 ALL = {**ATTACKS, "rfgsm": lambda: RFGSM()}
 
@@ -62,7 +69,7 @@ def test_same_seed_same_output_and_inputs_untouched(name, tiny_model, batch):
     assert torch.equal(x, x0)
 
 
-@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "apgd-dlr", "square"])
+@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "apgd-dlr", "square", "apgd-t", "assg-sapgd"])
 def test_seed_matters_for_random_attacks(name, tiny_model, batch):
     x, y = batch
     assert not torch.equal(_run(ALL[name](), tiny_model, x, y, seed=1), _run(ALL[name](), tiny_model, x, y, seed=2))
@@ -113,3 +120,21 @@ def test_gaussian_noise_in_unit_box_and_reproducible(tiny_model, batch):
     a = GaussianNoise()(tiny_model, x, y, torch.Generator().manual_seed(0))
     b = GaussianNoise()(tiny_model, x, y, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: APGDT(n_target_classes=0), "n_target_classes"), (lambda: FABT(steps=0), "steps"),
+    (lambda: FABT(eta=0.5), "eta"), (lambda: FABT(alpha_max=0.0), "alpha_max"), (lambda: SAPGD(steps=0), "steps"),
+    (lambda: SAPGD(assg="yes"), "assg"), (lambda: ASSG(shape="gauss"), "shape"), (lambda: ASSG(bound=0.5), "bound"),
+    (lambda: ASSG(beta1=1.0), "beta1"),
+])
+def test_new_attacks_reject_bad_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("make", [lambda: APGDT(n_target_classes=10), lambda: FABT(n_target_classes=10)])
+def test_targeted_attacks_need_enough_classes(make, tiny_model, batch):
+    x, y = batch
+    with pytest.raises(ValueError, match="needs at least 11 classes"):
+        make()(tiny_model, x, y)

@@ -25,7 +25,8 @@ TINY_MODEL = {"arch": "vgg5", "timesteps": 2, "width": 0.25, "classifier_width":
 
 
 def tiny_config(data_root: Path | None = None) -> JobConfig:
-    data = {"dataset": "cifar10"} | ({"root": str(data_root)} if data_root else {})
+    # a small validation split (256 held out of 512 training images) so --split validation decodes little
+    data = {"dataset": "cifar10", "val_size": 256, "train_subset": 256} | ({"root": str(data_root)} if data_root else {})
     return job_config_from_dict({"model": TINY_MODEL, "data": data, "run": {"experiment": "stable-snn-eval-test"}})
 
 
@@ -73,22 +74,30 @@ def test_metrics_tags_and_eps_curve(tmp_path):
     metrics = metrics_of(result)
     assert metrics["accuracy/clean"] == pytest.approx(0.5) and metrics["accuracy/worst-case"] == pytest.approx(0.5)
     assert "seconds/pgd-10_eps2" in metrics
-    tags = version_tags(result, data=data_key("cifar10", 6), run_id="abc")
+    tags = version_tags(result, data=data_key("cifar10", "test", 6), run_id="abc")
     assert tags["eval.mini.worst-case"] == "0.5000" and tags["eval.mini.pgd-10_eps4"] == "0.5000"
     assert tags["eval.mini.data"] == "cifar10:test:balanced-6:seed0" and tags["eval.mini.run_id"] == "abc"
+    validation = version_tags(result, data=data_key("cifar10", "validation", 6), run_id="abc", split="validation")
+    assert validation["eval.validation.mini.worst-case"] == "0.5000"
+    assert validation["eval.validation.mini.data"] == "cifar10:validation:balanced-6:seed0"
+    assert not any(k.startswith("eval.mini.") for k in validation)
     assert [round(e * 255) for e, _ in eps_curve_points(result)] == [0, 2, 4]
     png = plot_eps_curve(result, tmp_path / "curve.png", "title")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+VAL = {"eval.validation.quick.worst-case": "0.3", "eval.validation.quick.data": "d"}
+
+
 @pytest.mark.parametrize("champion, tags, score, promote", [
     (None, None, 0.1, True),
-    ("1", {"eval.quick.worst-case": "0.3", "eval.quick.data": "d"}, 0.4, True),
-    ("1", {"eval.quick.worst-case": "0.3", "eval.quick.data": "d"}, 0.3, False),  # a tie does not beat
-    ("1", {"eval.quick.worst-case": "0.3", "eval.quick.data": "d"}, 0.2, False),
-    ("1", {"eval.quick.worst-case": "0.3", "eval.quick.data": "other"}, 0.9, False),  # other data
-    ("1", {"eval.paper-table1.worst-case": "0.1", "eval.paper-table1.data": "d"}, 0.9, False),  # other protocol
-    ("2", {"eval.quick.worst-case": "0.3", "eval.quick.data": "d"}, 0.9, False),  # already the champion
+    ("1", VAL, 0.4, True),
+    ("1", VAL, 0.3, False),  # a tie does not beat
+    ("1", VAL, 0.2, False),
+    ("1", VAL | {"eval.validation.quick.data": "other"}, 0.9, False),  # other data
+    ("1", {"eval.validation.paper-table1.worst-case": "0.1", "eval.validation.paper-table1.data": "d"}, 0.9, False),
+    ("1", {"eval.quick.worst-case": "0.1", "eval.quick.data": "d"}, 0.9, False),  # only a test-split result
+    ("2", VAL, 0.9, False),  # already the champion
 ])
 def test_promotion_rule(champion, tags, score, promote):
     d = decide_promotion(protocol="quick", data="d", candidate_version="2", candidate_score=score,
@@ -102,6 +111,9 @@ def test_promotion_rule(champion, tags, score, promote):
     (["--protocol", "quick", "--workers", "-1"], "--workers=-1 is invalid"),
     (["--protocol", "quick", "--batch-size", "0"], "--batch-size=0 is invalid"),
     (["--protocol", "eps-curve", "--promote", "champion"], "needs a protocol with a worst case"),
+    (["--protocol", "quick", "--split", "train"], "--split='train' is invalid: allowed one of test, validation"),
+    (["--protocol", "quick", "--promote", "champion"], "--promote champion is refused on the test split"),
+    (["--protocol", "strict", "--split", "test", "--promote", "champion"], "Promote on the model's validation split"),
 ])
 def test_bad_arguments_fail_before_any_service(argv, message, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # would fail differently if contacted
@@ -157,37 +169,39 @@ def _eval_run(client, version, protocol):
 
 @pytest.mark.slow
 def test_job_end_to_end(tmp_path, mlflow_server, ray_head, cifar10, monkeypatch, capsys):
+    """Three constant versions (known accuracies): promotion on their own runs' validation splits, the eps curve
+    on the test split, a URI not in the registry."""
     from mlflow import MlflowClient
 
-    from stable_snn.data import load_arrays
+    from jobs.training.validation import load_splits
     from stable_snn.data.splits import subset_indices
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.address)
     client = MlflowClient(mlflow_server.address)
-    labels = load_arrays("cifar10", cifar10.root, "test", download=cifar10.download).labels
+    cfg = tiny_config(cifar10.root)
+    labels = load_splits(cfg).val.labels  # the split the training run of cfg held out
     subset = subset_indices(labels, LIMIT, np.random.default_rng(0))  # what --limit evaluates (--data-seed 0)
     counts = np.bincount(labels[subset], minlength=10)
     high = int(np.argmax(counts))
     low, worse = [c for c in range(10) if 0 < counts[c] < counts[high]][:2]  # a balanced subset of 16: 1 or 2 each
-    cfg = tiny_config(cifar10.root)
     name = "eval-test-vgg5"
     v1, run1 = _register(client, cfg, constant_model(low), name, "first")
     v2, _ = _register(client, cfg, constant_model(high), name, "second")
     v3, _ = _register(client, cfg, constant_model(worse, seed=1), name, "third")
 
     env = job_env(mlflow_server.address, tmp_path / "storage", cifar10.root)
-    common = ["--protocol", "quick", "--limit", str(LIMIT), "--batch-size", "8", "--dataset-root", str(cifar10.root),
-              "--promote", "champion"]
+    common = ["--protocol", "quick", "--split", "validation", "--limit", str(LIMIT), "--batch-size", "8",
+              "--dataset-root", str(cifar10.root), "--promote", "champion"]
 
     # 1. no champion yet: version 1 becomes the champion (in-process)
     out = _evaluate(env, "--model-uri", f"models:/{name}@first", *common)
-    assert "| worst-case |" in out.stdout and "running accuracy" in out.stdout
+    assert "| worst-case |" in out.stdout and "running accuracy" in out.stdout and "ETA" in out.stdout
     run = _eval_run(client, v1.version, "quick")
     assert run.info.status == "FINISHED"
     tags = run.data.tags
     assert (tags["model_name"], tags["model_version"], tags["source_run_id"]) == (name, str(v1.version), run1)
-    assert (tags["dataset"], tags["limit"]) == ("cifar10", str(LIMIT))
-    assert tags["data"] == f"cifar10:test:balanced-{LIMIT}:seed0"
+    assert (tags["dataset"], tags["limit"], tags["split"]) == ("cifar10", str(LIMIT), "validation")
+    assert tags["data"] == f"cifar10:validation:balanced-{LIMIT}:seed0" and run.data.params["split"] == "validation"
     expected = counts[low] / LIMIT
     for row in ("clean", "fgsm", "pgd-10", "worst-case"):
         assert run.data.metrics[f"accuracy/{row}"] == pytest.approx(expected), row
@@ -196,10 +210,12 @@ def test_job_end_to_end(tmp_path, mlflow_server, ray_head, cifar10, monkeypatch,
     local = Path(client.download_artifacts(run.info.run_id, "results.parquet", str(tmp_path)))
     table = pq.read_table(local).to_pylist()
     assert len(table) == LIMIT * 4
-    assert sorted({r["sample"] for r in table}) == subset.tolist()
-    assert all(r["label"] == int(labels[r["sample"]]) and r["predicted"] == low for r in table)
+    val_indices = np.asarray(load_splits(cfg).val.indices)  # sample ids: positions in the training split
+    assert sorted({r["sample"] for r in table}) == sorted(val_indices[subset].tolist())
+    assert all(r["predicted"] == low for r in table)
     mv = client.get_model_version(name, v1.version)
-    assert mv.tags["eval.quick.worst-case"] == f"{expected:.4f}" and mv.tags["eval.quick.run_id"] == run.info.run_id
+    assert mv.tags["eval.validation.quick.worst-case"] == f"{expected:.4f}"
+    assert mv.tags["eval.validation.quick.run_id"] == run.info.run_id and "eval.quick.worst-case" not in mv.tags
     assert client.get_model_version_by_alias(name, "champion").version == v1.version
 
     # 2. a better version, evaluated on two Ray actors: the champion moves
@@ -214,19 +230,68 @@ def test_job_end_to_end(tmp_path, mlflow_server, ray_head, cifar10, monkeypatch,
     out = _evaluate(env, "--model-uri", f"models:/{name}@third", *common)
     assert client.get_model_version_by_alias(name, "champion").version == v2.version
     assert "not moved" in out.stdout
-    assert client.get_model_version(name, v3.version).tags["eval.quick.worst-case"] == f"{counts[worse] / LIMIT:.4f}"
+    assert client.get_model_version(name, v3.version).tags["eval.validation.quick.worst-case"] == \
+        f"{counts[worse] / LIMIT:.4f}"
 
-    # 4. the eps curve: its plot is logged
+    # 4. the eps curve on the test split: its plot is logged, the test-split tags written
     _evaluate(env, "--model-uri", f"models:/{name}/{v1.version}", "--protocol", "eps-curve", "--limit", "8",
               "--dataset-root", str(cifar10.root))
     run4 = _eval_run(client, v1.version, "eps-curve")
     assert "eps_curve.png" in {a.path for a in client.list_artifacts(run4.info.run_id)}
+    assert run4.data.tags["split"] == "test"
     assert client.get_model_version(name, v1.version).tags["eval.eps-curve.pgd-10_eps16"]
 
     # 5. a model URI that is not in the registry fails with a clear message (in-process: no compute to wait for)
     capsys.readouterr()
     assert evaluate_main(["--model-uri", f"models:/{name}@nope", "--protocol", "quick"]) == 2
     assert "does not exist in the registry" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluation_of_the_quick_run(quick_run, tmp_path, cifar10):
+    """The quick preset's trained model under paper-table1 on 16 test images: the run is opened before the attacks
+    (its duration covers them), carries the training run's parameters, a link to it and the split; the attacks
+    really ran (their time); promotion on the test split is refused."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(quick_run.tracking_uri)
+    source = client.get_model_version_by_alias(quick_run.registered_model, "candidate")
+    env = job_env(quick_run.tracking_uri, tmp_path / "storage", cifar10.root)
+    args = ["--model-uri", quick_run.model_uri, "--protocol", "paper-table1", "--limit", "16", "--batch-size", "8",
+            "--dataset-root", str(cifar10.root)]
+
+    refused = run_job("jobs.evaluate", [*args, "--promote", "champion"], env, timeout=120)
+    assert refused.returncode == 2 and "refused on the test split" in refused.stderr
+
+    out = _evaluate(env, *args)
+    assert "ETA" in out.stdout and "sanity flags raised" in out.stdout
+    training = client.get_run(source.run_id)
+    runs = client.search_runs([training.info.experiment_id], filter_string=(
+        f"tags.source_run_id = '{source.run_id}' and tags.`stable_snn.job` = 'evaluate'"))
+    assert len(runs) == 1  # the refused evaluation created no run
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    attack_seconds = sum(v for k, v in run.data.metrics.items() if k.startswith("seconds/"))
+    assert (run.info.end_time - run.info.start_time) / 1000 > attack_seconds > 0  # opened before the attacks
+    for key in ("objective.rho", "objective.chi", "objective.mode", "model.arch", "model.width", "run.seed"):
+        assert run.data.params[key] == training.data.params[key], key
+    assert (run.data.params["split"], run.data.tags["split"]) == ("test", "test")
+    assert run.data.tags["source_run"] == f"#/experiments/{training.info.experiment_id}/runs/{source.run_id}"
+    assert run.data.tags["source_run_url"].startswith(quick_run.tracking_uri)
+    assert run.data.tags["flags_raised"] and run.data.tags["flag.zero-gradients"] in ("raised", "ok")
+    history = client.get_metric_history(run.info.run_id, "progress/batches_done")
+    assert [m.value for m in history] == [1.0, 2.0]
+
+    # The attacks really ran. This model (one epoch on 512 images) gives every image the same logits, so no attack
+    # can change a prediction; what shows the work is its time: PGD-40 is 40 forward-backward passes of every
+    # image, the clean row one forward pass (a job that skipped the attacks would spend about the same on both).
+    seconds = {k.removeprefix("seconds/"): v for k, v in run.data.metrics.items() if k.startswith("seconds/")}
+    assert seconds["pgd-40"] > 10 * seconds["clean"] and seconds["pgd-20"] > 5 * seconds["clean"], seconds
+    table = pq.read_table(Path(client.download_artifacts(run.info.run_id, "results.parquet", str(tmp_path))))
+    assert {r["attack"] for r in table.to_pylist()} == {"clean", "fgsm", "pgd-7", "pgd-10", "pgd-20", "pgd-40",
+                                                          "apgd-ce", "apgd-dlr", "worst-case"}
+    tags = client.get_model_version(source.name, source.version).tags
+    assert tags["eval.paper-table1.run_id"] == run.info.run_id and tags["eval.paper-table1.flags"]
 
 
 @pytest.mark.slow
