@@ -27,13 +27,14 @@ PYTEST_ARGS    ?=
 
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: help venv test test-fast demo stop stack-up stack-status benchmark benchmark-gpu figures clean
+.PHONY: help venv test test-fast demo stop stack-up stack-status benchmark benchmark-gpu figures ui-check clean
 
 help:
 	@echo "make demo       local Ray head + MLflow server, quick training job, registration, attack evaluation"
 	@echo "make test       the whole test suite (unit + slow integration tests)"
 	@echo "make test-fast  unit tests only (-m 'not slow')"
 	@echo "make stop       stop the local Ray head and MLflow server"
+	@echo "make ui-check   a tiny search and an evaluation, their MLflow views rendered in headless Chromium"
 	@echo "make benchmark  fast vs reference training step (VGG5, T=8, batch 32)"
 	@echo "make benchmark-gpu  the same on CUDA for VGG11, T=8, batch 64, training step then PGD-10"
 
@@ -74,9 +75,17 @@ demo: stack-up
 		--dataset-root $(DATA_ROOT) --workers 2 --promote champion || exit 1; \
 	echo; \
 	echo "MLflow UI:        $(MLFLOW_URI)  (experiment stable-snn, run $$RUN)"; \
+	MLFLOW_TRACKING_URI=$(MLFLOW_URI) $(PY) -c "from mlflow import MlflowClient; from jobs.tracking.views import EVALUATION_VIEW, runs_link; e = MlflowClient().get_experiment_by_name('stable-snn').experiment_id; print(f'  training runs:  {runs_link(\"$(MLFLOW_URI)\", e)}'); print(f'  evaluations:    {runs_link(\"$(MLFLOW_URI)\", e, EVALUATION_VIEW)}')"; \
 	echo "Ray dashboard:    $(RAY_ADDRESS_HTTP)"; \
 	MLFLOW_TRACKING_URI=$(MLFLOW_URI) $(PY) -c "from mlflow import MlflowClient; mv = MlflowClient().get_model_version_by_alias('$(DEMO_MODEL)', 'candidate'); print(f'Registered model: models:/{mv.name}/{mv.version} (alias candidate; tags {dict(mv.tags)})')"; \
 	echo "Stop the services with: make stop"
+
+# A tiny Tune search and an attack evaluation on fresh services, then the MLflow UI's runs and compare
+# pages rendered in headless Chromium; the screenshots go to $(UI_SCREENSHOTS).
+UI_SCREENSHOTS ?= tests/ui/screenshots
+ui-check: $(STAMP)
+	STABLE_SNN_CIFAR10_PARQUET=$(OFFLINE_CIFAR10) STABLE_SNN_UI_SCREENSHOTS=$(abspath $(UI_SCREENSHOTS)) \
+		$(PY) -m pytest tests/ui $(PYTEST_ARGS)
 
 benchmark: $(STAMP)
 	$(PY) -m jobs.tools.benchmark --arch vgg5 --timesteps 8 --batch-size 32 --mode at --rho 1.0

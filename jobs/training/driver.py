@@ -14,10 +14,10 @@ from ..errors import TrackingUnavailableError
 from ..tracking.models import register_model
 from ..tracking.outbox import run_logger
 from ..tracking.runs import close_run, open_training_run, validation_history
-from .checkpoints import load_ray_checkpoint, network_of
+from .checkpoints import checkpoint_location, load_ray_checkpoint, network_of
 from .faults import StopOnFatalError, fatal_error, job_runtime_env
 from .figures import log_figures
-from .guard import claim_run
+from .guard import claim_run, release_run
 from .preflight import check_resumable
 from .trainer import best_checkpoint, build_trainer
 
@@ -49,10 +49,10 @@ def run_training(cfg: JobConfig, client, tracking_uri: str, *, register: bool = 
     """Open (or resume) the MLflow run, fit on Ray Train, log figures, register the best checkpoint.
 
     The MLflow run is closed in ``finally`` (FINISHED on success, FAILED otherwise; a
-    relaunch with the same ``run.name`` resumes it).
+    relaunch with the same ``run.name`` resumes it), and the run's lock given back.
     """
     check_resumable(cfg)
-    claim_run(cfg)
+    lock = claim_run(cfg)
     run_id = open_training_run(client, cfg, parent_run_id=parent_run_id, extra_tags=extra_tags)
     client.set_tag(run_id, "ray_job_id", ray.get_runtime_context().get_job_id())
     if os.environ.get("RAY_JOB_SUBMISSION_ID"):
@@ -69,6 +69,7 @@ def run_training(cfg: JobConfig, client, tracking_uri: str, *, register: bool = 
         return outcome
     finally:
         close_run(client, run_id, status)
+        release_run(lock)
 
 
 def fit(cfg: JobConfig, run_id: str, tracking_uri: str, callbacks, inline_validation: bool):
@@ -98,9 +99,10 @@ def finish(client, run_id: str, cfg: JobConfig, result, alias: str | None) -> Tr
     best_epoch = int(state["epoch"])
     summary = {k: metrics.get(k) for k in VAL_KEYS}
     client.set_tag(run_id, "best_epoch", str(best_epoch))
-    client.set_tag(run_id, "best_checkpoint", ckpt.path)
+    location = checkpoint_location(cfg.run.resolved_storage(), cfg.run.name, ckpt)
+    client.set_tag(run_id, "best_checkpoint", location)
     version = register_model(client, run_id, model, cfg, best_epoch, summary, alias) if alias is not None else None
-    return TrainingOutcome(run_id, best_epoch, summary, ckpt.path, version)
+    return TrainingOutcome(run_id, best_epoch, summary, location, version)
 
 
 def latest_history(result, state) -> list[dict]:
