@@ -27,7 +27,7 @@ PYTEST_ARGS    ?=
 
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: help venv test test-fast demo stop stack-up stack-status benchmark benchmark-gpu gpu-epoch gpu-check figures clean
+.PHONY: help venv test test-fast demo stop stack-up stack-status benchmark benchmark-gpu gpu-epoch gpu-check figures ui-check clean
 
 help:
 	@echo "make demo       local Ray head + MLflow server, quick training job, registration, attack evaluation"
@@ -38,6 +38,7 @@ help:
 	@echo "make benchmark-gpu  the same on CUDA for VGG11, T=8, batch 64 in the paper presets' settings, then PGD-10"
 	@echo "make gpu-epoch  one epoch of the paper's VGG11 T=8 CIFAR-10 at rho=1 preset on one GPU worker"
 	@echo "make gpu-check  benchmark-gpu then gpu-epoch, dated, into gpu-check.log"
+	@echo "make ui-check   a tiny search and an evaluation, their MLflow views rendered in headless Chromium"
 
 $(STAMP): pyproject.toml
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -80,9 +81,17 @@ demo: stack-up
 		--dataset-root $(DATA_ROOT) --workers 2 || exit 1; \
 	echo; \
 	echo "MLflow UI:        $(MLFLOW_URI)  (experiment stable-snn, run $$RUN)"; \
+	MLFLOW_TRACKING_URI=$(MLFLOW_URI) $(PY) -c "from mlflow import MlflowClient; from jobs.tracking.views import EVALUATION_VIEW, runs_link; e = MlflowClient().get_experiment_by_name('stable-snn').experiment_id; print(f'  training runs:  {runs_link(\"$(MLFLOW_URI)\", e)}'); print(f'  evaluations:    {runs_link(\"$(MLFLOW_URI)\", e, EVALUATION_VIEW)}')"; \
 	echo "Ray dashboard:    $(RAY_ADDRESS_HTTP)"; \
 	MLFLOW_TRACKING_URI=$(MLFLOW_URI) $(PY) -c "from mlflow import MlflowClient; mv = MlflowClient().get_model_version_by_alias('$(DEMO_MODEL)', 'candidate'); print(f'Registered model: models:/{mv.name}/{mv.version} (alias candidate; tags {dict(mv.tags)})')"; \
 	echo "Stop the services with: make stop"
+
+# A tiny Tune search and an attack evaluation on fresh services, then the MLflow UI's runs and compare
+# pages rendered in headless Chromium; the screenshots go to $(UI_SCREENSHOTS).
+UI_SCREENSHOTS ?= tests/ui/screenshots
+ui-check: $(STAMP)
+	STABLE_SNN_CIFAR10_PARQUET=$(OFFLINE_CIFAR10) STABLE_SNN_UI_SCREENSHOTS=$(abspath $(UI_SCREENSHOTS)) \
+		$(PY) -m pytest tests/ui $(PYTEST_ARGS)
 
 BENCH_CONFIG ?= jobs/configs/quick.yaml
 GPU_PRESET   := jobs/configs/paper-vgg11-cifar10-at-rho1.yaml

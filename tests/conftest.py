@@ -46,7 +46,7 @@ def cifar10() -> Cifar10Source:
     return Cifar10Source(REPO / "data", True)
 
 
-pytest_plugins = ["tests.fixtures_services", "tests.fixtures_runs"]
+pytest_plugins = ["tests.fixtures_services", "tests.fixtures_runs", "tests.fixtures_model_env"]
 
 
 @pytest.fixture

@@ -48,8 +48,9 @@ class QuickRun:
 def quick_run(tmp_path_factory, mlflow_server, ray_head, cifar10) -> QuickRun:
     storage = tmp_path_factory.mktemp("quick-run") / "storage"
     env = job_env(mlflow_server.address, storage, cifar10.root)
-    runtime_env = {"env_vars": {k: env[k] for k in
-                                ("MLFLOW_TRACKING_URI", "STABLE_SNN_STORAGE_PATH", "STABLE_SNN_DATA_ROOT", "RAY_AUTH_MODE")}}
+    runtime_env = {"env_vars": {**{k: env[k] for k in
+                                   ("MLFLOW_TRACKING_URI", "STABLE_SNN_STORAGE_PATH", "STABLE_SNN_DATA_ROOT", "RAY_AUTH_MODE")},
+                                "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}}  # a sample a second: the run is short
     cmd = [
         str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_head.address,
         "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",

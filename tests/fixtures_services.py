@@ -15,19 +15,28 @@ are left alone.
   this interpreter first on PATH, so ``python`` in a job entrypoint is the test environment's.
   Job drivers submitted without a working dir run in the repository. It gets no MLflow settings:
   give jobs ``MLFLOW_TRACKING_URI`` in their runtime env / environment.
-- ``services_root`` -> ``Path``: the temporary root holding both services' stores and logs.
+- ``s3_server`` -> :class:`S3Server`: moto's standalone S3 server on 127.0.0.1 with one bucket;
+  ``.env`` holds the ``AWS_*`` variables that point pyarrow (hence Ray Train and the jobs' storage
+  code) at it, ``.uri(prefix)`` an ``s3://`` location in the bucket.
+- ``services_root`` -> ``Path``: the temporary root holding the services' stores and logs.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from infra.local.stack import Service, free_port, ray_temp_dir, start_mlflow_server, start_ray_head, stop
+from infra.local.stack import Service, free_port, port_open, ray_temp_dir, start_mlflow_server, start_ray_head, stop
 
-__all__ = ["services_root", "mlflow_server", "ray_head"]
+__all__ = ["services_root", "mlflow_server", "ray_head", "S3Server", "s3_server"]
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +68,44 @@ def ray_head(services_root: Path) -> Iterator[Service]:
             # Too long a root for Unix sockets: Ray's session went to a short folder in the system
             # temp dir, which pytest's own clean-up would never reach.
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3-compatible server for storage tests (moto), with the bucket ``bucket``."""
+
+    endpoint: str
+    bucket: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def uri(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(services_root: Path) -> Iterator[S3Server]:
+    import pyarrow.fs as pafs
+
+    port = free_port()
+    log = open(services_root / "moto.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_open("127.0.0.1", port):
+            assert proc.poll() is None and time.monotonic() < deadline, (services_root / "moto.log").read_text()
+            time.sleep(0.2)
+        server = S3Server(f"http://127.0.0.1:{port}", "stable-snn-test")
+        env = server.env
+        pafs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
+                          region=env["AWS_DEFAULT_REGION"], endpoint_override=server.endpoint,
+                          allow_bucket_creation=True).create_dir(server.bucket)
+        yield server
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()

@@ -2,7 +2,10 @@
 
 The logged model is a models-from-code pyfunc (``jobs/tracking/pyfunc_model.py``) whose artifacts
 are the weights (``weights.pt``, a plain state dict), the resolved config
-(``config.yaml``) and their checksums.  ``load_registered_model("models:/name@alias")``
+(``config.yaml``) and their checksums.  It carries the code that rebuilds the network (the
+``stable_snn`` and ``jobs`` packages, as MLflow ``code_paths``) and the project's pins of what
+that code imports as its requirements, so ``mlflow.pyfunc.load_model`` serves it in any
+environment built from them.  ``load_registered_model("models:/name@alias")``
 downloads those artifacts, verifies the checksums and rebuilds the network through
 the library, so no code is ever unpickled from the registry.
 """
@@ -19,11 +22,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+import stable_snn
 from stable_snn.config import build_network, dump_config
 from stable_snn.models import SpikingNetwork
 
 from ..checksums import verify_checksums, write_checksums
 from ..config import JobConfig, read_stored_config
+from ..dependencies import model_requirements
 from ..errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -31,7 +36,8 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"
 WEIGHTS = "weights.pt"
 CONFIG = "config.yaml"
-PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "mlflow==3.17.2", "pyyaml", "numpy"]
+# The packages the pyfunc imports on load, logged with it (MLflow puts them first on sys.path).
+CODE_PATHS = [str(Path(stable_snn.__file__).parent), str(Path(__file__).resolve().parents[1])]
 
 
 def build_from_artifacts(weights_path: str | Path, config_path: str | Path) -> tuple[SpikingNetwork, JobConfig]:
@@ -85,7 +91,8 @@ def log_and_register(
                 artifacts=artifacts,
                 input_example=x_np,
                 signature=infer_signature(x_np, probs),
-                pip_requirements=PIP_REQUIREMENTS,
+                pip_requirements=model_requirements(),
+                code_paths=CODE_PATHS,
             )
     version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
     client.set_registered_model_alias(name, alias, version.version)

@@ -1,19 +1,21 @@
 """A metrics logger for one MLflow run that survives outages: the outbox.
 
-Metrics that cannot be sent wait in a folder of the run's storage path and are sent exactly once
-by whichever process logs next (rank 0, the validation task or the driver).
+Metrics that cannot be sent wait in a folder of the run's storage path (on any filesystem the
+runs are stored on: a local or NFS path, or ``s3://``) and are sent exactly once by whichever
+process logs next (rank 0, the validation task or the driver).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
-from pathlib import Path
 
 from mlflow.entities import Metric
 
 from ..config import RunConfig
+from ..storage import delete_file, list_files, read_text, run_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +23,8 @@ log = logging.getLogger(__name__)
 class RunLogger:
     """Logs metrics to one MLflow run and never loses them to an outage, nor logs them twice.
 
-    Metrics that cannot be sent are written to an outbox folder (one JSON file per batch,
-    in the run's storage folder when it is a local or shared file system) and sent by a
+    Metrics that cannot be sent are written to an outbox folder (one JSON file per batch, in
+    the run's storage folder, wherever that is stored) and sent by a
     later :meth:`log` or :meth:`flush` of any process that logs to the same run: the
     rank-0 worker, the validation task or the driver.  ``flush(deadline_s)`` retries until
     the server answers or the deadline passes and reports whether everything was sent.
@@ -33,10 +35,10 @@ class RunLogger:
     its outbox file, or a re-run of an epoch's validation) never duplicates a value.
     """
 
-    def __init__(self, client, run_id: str, outbox: Path | None = None) -> None:
+    def __init__(self, client, run_id: str, outbox: str | os.PathLike | None = None) -> None:
         self.client = client
         self.run_id = run_id
-        self.outbox = Path(outbox) if outbox is not None else None
+        self.outbox = str(outbox) if outbox is not None else None  # a local path or a URI
         self.pending: list[dict] = []
 
     def log(self, metrics: dict[str, float], step: int) -> bool:
@@ -60,16 +62,14 @@ class RunLogger:
         """Whether the run has a value of ``key`` at ``step`` on the server (raises when unreachable)."""
         return any(int(m.step) == int(step) for m in self.client.get_metric_history(self.run_id, key))
 
-    def _outbox_files(self) -> list[Path]:
-        if self.outbox is None or not self.outbox.is_dir():
-            return []
-        return sorted(self.outbox.glob("*.json"))
+    def _outbox_files(self) -> list[str]:
+        return [] if self.outbox is None else list_files(self.outbox, ".json")
 
     def _try_flush(self) -> bool:
         try:
             for path in self._outbox_files():
-                self._send(json.loads(path.read_text()))
-                path.unlink()
+                self._send(json.loads(read_text(path) or "[]"))
+                delete_file(path)
             if self.pending:
                 self._send(self.pending)
                 self.pending = []
@@ -84,17 +84,14 @@ class RunLogger:
         if self.outbox is None or not self.pending:
             return
         try:
-            self.outbox.mkdir(parents=True, exist_ok=True)
-            tmp = self.outbox / f".{uuid.uuid4().hex}.tmp"
-            tmp.write_text(json.dumps(self.pending))
-            tmp.rename(self.outbox / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json")
+            write_text(f"{self.outbox}/{time.time_ns()}-{uuid.uuid4().hex[:8]}.json", json.dumps(self.pending))
             self.pending = []
         except OSError as e:
             log.warning("could not write the MLflow outbox %s (%s); metrics stay in memory", self.outbox, e)
 
     @property
     def unsent(self) -> int:
-        return len(self.pending) + sum(len(json.loads(p.read_text())) for p in self._outbox_files())
+        return len(self.pending) + sum(len(json.loads(read_text(p) or "[]")) for p in self._outbox_files())
 
     def flush(self, deadline_s: float = 60.0, interval_s: float = 5.0) -> bool:
         end = time.monotonic() + deadline_s
@@ -105,9 +102,9 @@ class RunLogger:
         return True
 
 
-def outbox_for(storage: str, run_name: str) -> Path | None:
-    """The outbox folder of a run, when its storage path is a file system path."""
-    return None if "://" in storage else Path(storage) / run_name / "mlflow-outbox"
+def outbox_for(storage: str, run_name: str) -> str:
+    """The outbox folder of a run, in its storage folder (a local path or a URI)."""
+    return f"{run_path(storage, run_name)}/mlflow-outbox"
 
 
 def run_logger(client, run_id: str, run: RunConfig) -> RunLogger:

@@ -20,12 +20,19 @@ from stable_snn.config import ConfigError, dump_config
 
 from ..config import JobConfig
 from .connect import configure_client_retries
+from .datasets import dataset_inputs
+from .views import add_views
 
 log = logging.getLogger(__name__)
 
 RUN_NAME_TAG = "stable_snn.run_name"
 JOB_KIND_TAG = "stable_snn.job"
 PARAMS_PER_BATCH = 90  # below MLflow's limit of 100 params per log_batch
+# The experiment's kind as MLflow's UI records it ("custom model development": runs, metrics, charts,
+# not GenAI traces). MLflow 3.17's UI picks its view from its own switch or a link's workflowType
+# instead (jobs.tracking.views); the tag states the kind for readers of the API and other UI versions.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def client_for(uri: str) -> MlflowClient:
@@ -36,8 +43,15 @@ def client_for(uri: str) -> MlflowClient:
 
 
 def experiment_id(client, name: str) -> str:
+    """The id of experiment ``name`` (created if absent), with its kind and the saved views of its runs
+    table (``jobs.tracking.views``); a kind or view already there is left as it is."""
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else client.create_experiment(name)
+    if exp is None:
+        exp = client.get_experiment(client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+    elif EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    add_views(client, exp.experiment_id, exp.tags)
+    return exp.experiment_id
 
 
 def find_run(client, exp_id: str, run_name: str, job: str = "train"):
@@ -76,7 +90,7 @@ def git_commit() -> str | None:
 def open_training_run(client, cfg: JobConfig, parent_run_id: str | None = None,
                       extra_tags: dict[str, str] | None = None) -> str:
     """Reuse the unfinished MLflow run of ``run.name`` (resume) or create one with the resolved
-    config as params and ``config.yaml``; returns its id."""
+    config as params and ``config.yaml``, and the data it reads as dataset inputs; returns its id."""
     exp = experiment_id(client, cfg.run.experiment)
     existing = find_run(client, exp, cfg.run.name)
     if existing is not None:
@@ -96,6 +110,7 @@ def open_training_run(client, cfg: JobConfig, parent_run_id: str | None = None,
         tags["git_commit"] = commit
     run_id = create_run(client, exp, cfg.run.name, "train", tags)
     log_params(client, run_id, {**cfg.flat(), **cfg.derived_params()})
+    client.log_inputs(run_id, datasets=dataset_inputs(cfg))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(dump_config(cfg))

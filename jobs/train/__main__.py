@@ -41,6 +41,7 @@ def train(args: argparse.Namespace) -> int:
     check_resumable(cfg)  # a relaunch that can only fail again is refused before Ray starts
     # Ray, MLflow and the training code load only once the input is known to be good.
     from jobs.tracking.runs import client_for
+    from jobs.tracking.views import run_link, runs_link
     from jobs.training.driver import connect_ray, run_training
 
     client = client_for(tracking_uri)
@@ -49,6 +50,10 @@ def train(args: argparse.Namespace) -> int:
     if outcome.version is not None:
         print(f"registered model: models:/{outcome.version.name}@{args.alias} (version {outcome.version.version})")
     print(f"MLflow run: {outcome.run_id} ({cfg.run.experiment}/{cfg.run.name}) at {tracking_uri}")
+    if tracking_uri.startswith(("http://", "https://")):
+        exp_id = client.get_run(outcome.run_id).info.experiment_id
+        print(f"  in the MLflow UI: {run_link(tracking_uri, exp_id, outcome.run_id)}\n"
+              f"  all training runs: {runs_link(tracking_uri, exp_id)}")
     print("selected checkpoint: epoch {}  val clean {}  val PGD-{} {}".format(
         outcome.selected_epoch, percent(outcome.metrics["val_clean_acc"]), cfg.validation.pgd_steps,
         percent(outcome.metrics["val_robust_acc"])))

@@ -7,12 +7,11 @@ history), ``config.yaml`` (the resolved :class:`~jobs.config.JobConfig`) and
 checksum first: a truncated or tampered checkpoint is refused with a message naming
 the file, and nothing is unpickled beyond tensors and plain containers.  The run's folder
 (``<storage>/<run.name>``, a local path or a pyarrow URI) holds the checkpoints and a few
-small files (Ray Train's snapshot, the driver record, the non-finite-loss marker).
+small files (Ray Train's own records, the driver record, the non-finite-loss marker).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import tempfile
 from collections.abc import Iterator
@@ -28,10 +27,11 @@ from stable_snn.models import SpikingNetwork
 from ..checksums import verify_checksums, write_checksums
 from ..config import JobConfig, read_stored_config
 from ..errors import CheckpointError
+# read_run_file, run_path and write_run_file are also used from here by the other training modules
+from ..storage import filesystem, is_folder, read_run_file, run_path, write_run_file  # noqa: F401
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the registered checkpoints
 DRIVER_FILE = "driver.json"  # the Ray session and job of the run's latest driver
 NONFINITE_MARKER = "nonfinite-loss.json"  # why and where the run stopped on a non-finite loss
 CHECKPOINT_DIR = re.compile(r"checkpoint_epoch_(\d+)$")
@@ -73,35 +73,10 @@ def network_of(state: dict[str, Any], cfg: JobConfig) -> SpikingNetwork:
 # -- the checkpoints of a run in its storage folder (a local path or a pyarrow URI) ------------
 
 
-def run_path(storage: str, run_name: str) -> str:
-    """``<storage>/<run_name>``: Ray Train's experiment folder of the run."""
-    return f"{storage.rstrip('/')}/{run_name}"
-
-
-def _fs(path: str):
-    return pafs.FileSystem.from_uri(path)
-
-
-def read_run_file(storage: str, run_name: str, filename: str) -> str | None:
-    """The text of ``<storage>/<run_name>/<filename>``, or None when it does not exist."""
-    fs, path = _fs(run_path(storage, run_name) + "/" + filename)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read().decode("utf-8")
-
-
-def write_run_file(storage: str, run_name: str, filename: str, text: str) -> None:
-    fs, path = _fs(run_path(storage, run_name) + "/" + filename)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
-
-
 def list_checkpoints(storage: str, run_name: str) -> dict[int, str]:
     """``{epoch: path}`` of the ``checkpoint_epoch_NNNN`` folders in the run's storage folder."""
     base = run_path(storage, run_name)
-    fs, path = _fs(base)
+    fs, path = filesystem(base)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return {}
     found = {}
@@ -112,16 +87,27 @@ def list_checkpoints(storage: str, run_name: str) -> dict[int, str]:
 
 
 def latest_registered_checkpoint(storage: str, run_name: str) -> str | None:
-    """The path of the checkpoint a relaunch of the run resumes from: the latest one in Ray
-    Train's snapshot of registered checkpoints (None for a new run)."""
-    text = read_run_file(storage, run_name, RAY_SNAPSHOT)
-    if text is None:
+    """The location of the checkpoint a relaunch of the run resumes from: the latest checkpoint Ray
+    Train registered for it (``ray.train.Result.from_path``), None for a run without one."""
+    # Imported here: a job checks its input (this included) before Ray loads.
+    import ray.train
+
+    path = run_path(storage, run_name)
+    if not is_folder(path):
         return None
     try:
-        latest = json.loads(text).get("latest_checkpoint_result")
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{run_path(storage, run_name)}/{RAY_SNAPSHOT} is corrupt ({e})") from e
-    return f"{run_path(storage, run_name)}/{latest['checkpoint_dir_name']}" if latest else None
+        result = ray.train.Result.from_path(path)
+    except RuntimeError:  # no record there: Ray Train has not registered a checkpoint yet (Ray 2.60.0)
+        return None
+    except Exception as e:  # its record is unreadable (Ray raises an error type of its internals)
+        raise CheckpointError(f"{path}: Ray Train's record of the run's checkpoints cannot be read ({e})") from e
+    return None if result.checkpoint is None else checkpoint_location(storage, run_name, result.checkpoint)
+
+
+def checkpoint_location(storage: str, run_name: str, checkpoint) -> str:
+    """Where a ``ray.train.Checkpoint`` of the run lies, as a local path or a URI (``s3://...``) that
+    the functions here take; its own ``path`` is a path inside its filesystem, without the scheme."""
+    return f"{run_path(storage, run_name)}/{checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}"
 
 
 @contextlib.contextmanager
@@ -132,7 +118,7 @@ def local_folder(path: str) -> Iterator[Path]:
             raise CheckpointError(f"checkpoint {path} does not exist")
         yield Path(path)
         return
-    fs, remote = _fs(path)
+    fs, remote = filesystem(path)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             pafs.copy_files(remote, tmp, source_filesystem=fs)

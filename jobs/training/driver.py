@@ -14,10 +14,10 @@ from ..errors import TrackingUnavailableError
 from ..tracking.models import register_model
 from ..tracking.outbox import run_logger
 from ..tracking.runs import close_run, open_training_run, validation_history
-from .checkpoints import load_checkpoint_at, load_ray_checkpoint, network_of
+from .checkpoints import checkpoint_location, load_checkpoint_at, load_ray_checkpoint, network_of
 from .faults import StopOnFatalError, fatal_error, job_runtime_env
 from .figures import log_figures
-from .guard import claim_run
+from .guard import claim_run, release_run
 from .preflight import check_resumable
 from .selection import record_selection, tag_version, validation_size
 from .trainer import build_trainer
@@ -47,10 +47,10 @@ def run_training(cfg: JobConfig, client, tracking_uri: str, *, register: bool = 
     """Open (or resume) the MLflow run, fit on Ray Train, log figures, register the selected checkpoint.
 
     The MLflow run is closed in ``finally`` (FINISHED on success, FAILED otherwise; a
-    relaunch with the same ``run.name`` resumes it).
+    relaunch with the same ``run.name`` resumes it), and the run's lock given back.
     """
     check_resumable(cfg)
-    claim_run(cfg)
+    lock = claim_run(cfg)
     run_id = open_training_run(client, cfg, parent_run_id=parent_run_id, extra_tags=extra_tags)
     client.set_tag(run_id, "ray_job_id", ray.get_runtime_context().get_job_id())
     if os.environ.get("RAY_JOB_SUBMISSION_ID"):
@@ -67,6 +67,7 @@ def run_training(cfg: JobConfig, client, tracking_uri: str, *, register: bool = 
         return outcome
     finally:
         close_run(client, run_id, status)
+        release_run(lock)
 
 
 def fit(cfg: JobConfig, run_id: str, tracking_uri: str, callbacks, inline_validation: bool):
@@ -83,16 +84,19 @@ def fit(cfg: JobConfig, run_id: str, tracking_uri: str, callbacks, inline_valida
         raise fatal from None
 
 
-def kept_checkpoints(result) -> tuple[dict[int, str], dict[int, dict]]:
-    """``({epoch: path}, {epoch: reported metrics})`` of the checkpoints Ray Train kept for the run."""
+def kept_checkpoints(cfg: JobConfig, result) -> tuple[dict[int, str], dict[int, dict]]:
+    """``({epoch: location}, {epoch: reported metrics})`` of the checkpoints Ray Train kept for the run;
+    a location is a local path or a storage URI (``s3://...``)."""
     kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("epoch") is not None]
-    return {int(m["epoch"]): c.path for c, m in kept}, {int(m["epoch"]): dict(m) for _, m in kept}
+    storage = cfg.run.resolved_storage()
+    return ({int(m["epoch"]): checkpoint_location(storage, cfg.run.name, c) for c, m in kept},
+            {int(m["epoch"]): dict(m) for _, m in kept})
 
 
 def finish(client, run_id: str, cfg: JobConfig, result, alias: str | None) -> TrainingOutcome:
     """Select the run's checkpoint (validation only), log the figures and tags; registered with
     ``alias`` unless it is None."""
-    checkpoints, reported = kept_checkpoints(result)
+    checkpoints, reported = kept_checkpoints(cfg, result)
     if not checkpoints:
         raise RuntimeError("training reported no checkpoint")
     val = validation_history(client, run_id)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,9 +18,10 @@ from stable_snn.config import build_network
 from stable_snn.objective import TwoPass, build_optimizer, needs_spikes, train_step
 
 from ..config import JobConfig
-from .checkpoints import restore_rng_state, rng_state
+from .checkpoints import restore_rng_state, rng_state, run_path
 from .faults import FaultPlan, stop_on_nonfinite
 from .settings import step_settings
+from .progress import EpochProgress
 
 log = logging.getLogger("stable_snn.train")
 
@@ -168,7 +168,9 @@ def run_epoch(cfg: JobConfig, model, forward, optimizer, loader, perturbation, g
     settings = step_settings(cfg)
     sums = [0.0] * 8  # loss, task, ce_clean, ce_pert, stability, correct, correct_pert, count
     start = time.perf_counter()
-    run_dir = Path(cfg.run.resolved_storage()) / cfg.run.name
+    run_dir = run_path(cfg.run.resolved_storage(), cfg.run.name)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    progress = EpochProgress(f"[{cfg.run.name}] epoch {epoch}/{cfg.optim.epochs}", len(loader), world, enabled=rank == 0)
     for step, (images, labels) in enumerate(loader):
         faults.inject(epoch=epoch, step=step, steps=len(loader), rank=rank, model=model, run_dir=run_dir)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -183,8 +185,9 @@ def run_epoch(cfg: JobConfig, model, forward, optimizer, loader, perturbation, g
         for i, v in enumerate((stats.loss * b, stats.task_loss * b, stats.ce_clean * b, (stats.ce_pert or 0.0) * b,
                                (stats.stability or 0.0) * b, stats.correct_clean, stats.correct_pert or 0, b)):
             sums[i] += v
+        progress.update(b)
+    progress.close()
     sums = _all_reduce(sums + [time.perf_counter() - start], device)
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     return epoch_metrics(cfg, sums, world, optimizer.param_groups[0]["lr"])
 
 

@@ -30,6 +30,7 @@ from ..logs import setup_logging
 from ..threads import use_reserved_cpus
 from ..tracking.outbox import RunLogger, run_logger
 from ..tracking.runs import client_for
+from ..tracking.system import start_system_metrics
 from .checkpoints import load_ray_checkpoint, save_checkpoint
 from .faults import FaultPlan
 from .steps import (
@@ -134,6 +135,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     logger = inline_logger(loop_config, w, point.history)
     perturbation = build_perturbation(cfg.objective)
     val_data = validation_subset(cfg) if inline and w.rank == 0 else None
+    monitor = start_system_metrics(loop_config.get("run_id"), loop_config.get("tracking_uri")) if w.rank == 0 else None
     for epoch in range(point.start_epoch, cfg.optim.epochs + 1):
         w.generators.start_epoch(w.loader, w.splits.train, cfg.run.seed, epoch, w.rank)
         metrics = run_epoch(cfg, w.model, w.forward, w.optimizer, w.loader, perturbation, w.generators, w.device,
@@ -153,6 +155,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         report_epoch(w, epoch, report, state, inline)
         if logger is not None:
             logger.log(metrics, step=epoch)
+    if monitor is not None:
+        monitor.finish()
     if logger is not None and not logger.flush(deadline_s=float(loop_config.get("flush_deadline_s", 10))):
         log.warning("MLflow at %s is unreachable; %d metric values wait in the outbox for the driver",
                     loop_config["tracking_uri"], logger.unsent)

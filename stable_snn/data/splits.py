@@ -88,6 +88,21 @@ def subset_indices(labels: np.ndarray, size: int | None, rng: np.random.Generato
     return np.sort(balanced_order(labels, rng)[:size])
 
 
+def subset_generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """The generators of ``seed``'s train/validation split and of its test subset."""
+    split_seq, test_seq = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(split_seq), np.random.default_rng(test_seq)
+
+
+def train_val_indices(dataset: str, root: str | os.PathLike, *, format: str = "auto", download: bool = False,
+                      val_size: int = 5000, train_subset: int | None = None,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, val) indices :func:`build_splits` draws with these arguments, from the labels alone
+    (for the Parquet layout no image is decoded): sorted int64 ``[train_subset]`` and ``[val_size]``."""
+    labels, _ = load_labels(dataset, root, "train", format=format, download=download)
+    return split_indices(labels, val_size=val_size, train_subset=train_subset, rng=subset_generators(seed)[0])
+
+
 def _check_count(name: str, value: object, *, minimum: int, optional: bool = False) -> None:
     if optional and value is None:
         return
@@ -155,7 +170,7 @@ def build_splits(dataset: str, root: str | os.PathLike, *, format: str = "auto",
     layouts = {split: resolve_format(dataset, root, split, format=format, download=download)
                for split in ("train", "test")}
 
-    split_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    split_rng, test_rng = subset_generators(seed)
     train_arrays, train_rows, (train_idx, val_idx) = _load_subsets(
         dataset, root, "train", format=layouts["train"], download=download,
         choose=lambda labels: split_indices(labels, val_size=val_size, train_subset=train_subset, rng=split_rng))

@@ -4,7 +4,6 @@ repository, no unpickling of code from checkpoints or the registry)."""
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 import subprocess
@@ -21,9 +20,10 @@ from jobs.config import load_job_config
 from jobs.errors import CheckpointError
 from jobs.evaluate.__main__ import main as evaluate_main
 from jobs.train.__main__ import main as train_main
-from jobs.training.checkpoints import RAY_SNAPSHOT, STATE_FILE, load_checkpoint, save_checkpoint
+from jobs.training.checkpoints import STATE_FILE, load_checkpoint, save_checkpoint
 from jobs.tune.__main__ import main as tune_main
 from tests.jobs.helpers import QUICK, REPO
+from tests.jobs.ray_layout import SNAPSHOT, write_snapshot
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def test_relaunch_onto_tampered_latest_checkpoint_is_refused(sandbox, capsys):
     name = "tampered-run"
     run_dir = sandbox / "storage" / name
     folder = _checkpoint(run_dir / "checkpoint_epoch_0001")
-    (run_dir / RAY_SNAPSHOT).write_text(json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": folder.name}}))
+    write_snapshot(run_dir, [folder.name])
     data = bytearray((folder / STATE_FILE).read_bytes())
     data[-10] ^= 0xFF
     (folder / STATE_FILE).write_bytes(bytes(data))
@@ -218,7 +218,7 @@ def test_relaunch_onto_tampered_latest_checkpoint_is_refused(sandbox, capsys):
     err = capsys.readouterr().err
     assert f"checkpoint {folder}: file {STATE_FILE} does not match its recorded SHA-256 (truncated or tampered)" in err
     assert not (sandbox / "mlflow.db").exists()
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted([RAY_SNAPSHOT, folder.name])  # nothing written
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([SNAPSHOT, folder.name])  # nothing written
 
 
 # -- safe defaults -------------------------------------------------------------------------------

@@ -68,3 +68,36 @@ def test_jobs_with_a_config_take_config_and_set(job):
     assert "Exit status (jobs.cli.ExitCode)" in out.stdout
     if job == "train":
         assert "run.{name,seed,num_workers,use_gpu,cpus_per_worker,placement_strategy,validation_cpus" in out.stdout
+
+
+JOB_ARGS = {
+    "train": ["--config", "jobs/configs/quick.yaml"],
+    "tune": ["--space", "tune_spaces/rho-grid.yaml", "--config", "jobs/configs/quick.yaml"],
+    "evaluate": ["--model-uri", "models:/m@a", "--protocol", "quick"],
+    "register": ["--config", "jobs/configs/quick.yaml", "--set", "run.name=r"],
+}
+
+
+@pytest.mark.parametrize("job", sorted(JOB_ARGS))
+def test_every_job_exits_3_with_one_line_when_the_tracking_server_is_unreachable(job, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.chdir(REPO)
+    main = importlib.import_module(f"jobs.{job}.__main__").main
+    assert main(JOB_ARGS[job]) == ExitCode.TRACKING_UNREACHABLE
+    err = capsys.readouterr().err
+    assert err.startswith("error: MLflow tracking server http://127.0.0.1:9 is unreachable") and err.count("\n") == 1
+
+
+def test_every_job_ends_through_the_exit_code_table_and_the_readme_shows_it():
+    jobs = sorted(p.parent.name for p in (REPO / "jobs").glob("*/__main__.py"))
+    assert jobs == sorted(JOB_ARGS)
+    for job in jobs:
+        source = (REPO / "jobs" / job / "__main__.py").read_text()
+        assert "return run_main(" in source and "sys.exit(main())" in source, job
+        assert "Exit status (jobs.cli.ExitCode)" in source, job
+    readme = (REPO / "README.md").read_text()
+    for code in ExitCode:
+        assert f"\n| {int(code)} | " in readme, code

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from infra.local.stack import free_port, start_mlflow_server, stop
-from jobs.training.checkpoints import RAY_SNAPSHOT, load_checkpoint
+from jobs.errors import CheckpointError
+from jobs.training.checkpoints import latest_registered_checkpoint, load_checkpoint
 from jobs.training.faults import FAULT_PLAN_ENV
 from tests.jobs.helpers import QUICK, REPO, job_env
 
@@ -66,12 +67,12 @@ def _tail(log: Path | None, n: int = 6000) -> str:
 
 
 def _registered_epoch(storage: Path, name: str) -> int:
-    """The latest epoch whose checkpoint Ray Train has registered (its snapshot), 0 if none."""
+    """The latest epoch whose checkpoint Ray Train has registered, 0 if none."""
     try:
-        latest = json.loads((storage / name / RAY_SNAPSHOT).read_text())["latest_checkpoint_result"]
-    except (OSError, ValueError, KeyError, TypeError):
+        latest = latest_registered_checkpoint(str(storage), name)
+    except CheckpointError:  # its record read while Ray Train writes it
         return 0
-    return int(latest["checkpoint_dir_name"].rsplit("_", 1)[1]) if latest else 0
+    return int(latest.rsplit("_", 1)[1]) if latest else 0
 
 
 def _client(uri):
@@ -185,8 +186,9 @@ def test_driver_killed_and_relaunched_continues_same_run(tmp_path, mlflow_server
     _assert_one_run_resumed_from(mlflow_server.address, storage, name, resumed_from, "test-fault-driver")
 
 
-# A driver of run "busy" on the test cluster: it claims the run (driver.json), and with "hold" it
-# then keeps an actor named like a Ray Train worker alive until it is killed.
+# A driver of run "busy" on the test cluster: it claims the run (its lock, and driver.json), and
+# with "hold" it then keeps the run, and an actor of its own (as a training driver keeps its Ray
+# Train workers), until it is killed.
 _DRIVER = """
 import sys, time
 import ray
@@ -197,18 +199,18 @@ from jobs.training.guard import claim_run
 ray.init(address=sys.argv[1])
 cfg = load_job_config(sys.argv[2], [f"run.storage_path={sys.argv[3]}", "run.name=busy"])
 try:
-    claim_run(cfg)
+    lock = claim_run(cfg)
 except RunInUseError as e:
     print(e, file=sys.stderr)
     sys.exit(2)
 
 @ray.remote(num_cpus=0)
-class RayTrainWorker:
+class Worker:
     def ping(self):
         return 1
 
 if sys.argv[4] == "hold":
-    worker = RayTrainWorker.remote()
+    worker = Worker.remote()
     ray.get(worker.ping.remote())
     print("holding", ray.get_runtime_context().get_job_id(), flush=True)
     time.sleep(3600)
@@ -217,9 +219,10 @@ if sys.argv[4] == "hold":
 
 @pytest.mark.slow
 def test_relaunch_waits_for_a_live_previous_driver_then_refuses(tmp_path, ray_head):
-    """The guard behind the relaunch: while the previous driver of a run and its Ray Train actors are
-    alive on the same cluster, a relaunch waits, then refuses naming the job; once the previous
-    driver is gone (killed: Ray stops its actors), the relaunch takes the run over."""
+    """The guard behind the relaunch: while the previous driver of a run holds the run's lock (a named
+    actor it owns) on the same cluster, a relaunch waits, then refuses naming the job; once the
+    previous driver is gone (killed: Ray stops its actors, the lock with them), the relaunch takes
+    the run over."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "STABLE_SNN_PREVIOUS_DRIVER_WAIT_S": "3", "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-c", _DRIVER, ray_head.gcs_address, str(QUICK), str(tmp_path)]
     first = subprocess.Popen([*argv, "hold"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -235,7 +238,7 @@ def test_relaunch_waits_for_a_live_previous_driver_then_refuses(tmp_path, ray_he
         refused = subprocess.run([*argv, "claim"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert f"run.name='busy' is still being trained by Ray job {first_job} (driver pid {first.pid}" in refused.stderr
-        assert "1 of its Ray Train actors (RayTrainWorker) are alive after 3 s" in refused.stderr
+        assert "it still holds the run's lock after 3 s" in refused.stderr
         assert json.loads((tmp_path / "busy" / "driver.json").read_text())["job_id"] == first_job  # untouched
     finally:
         _kill_group(first)
@@ -278,7 +281,7 @@ def test_outbox_not_sent_before_deadline_fails_naming_uri_and_keeps_metrics(tmp_
     configure_client_retries()
     uri = f"http://127.0.0.1:{free_port()}"
     cfg = load_job_config(QUICK, [f"run.storage_path={tmp_path}", "run.name=outage"])
-    outbox = outbox_for(cfg.run.resolved_storage(), cfg.run.name)
+    outbox = Path(outbox_for(cfg.run.resolved_storage(), cfg.run.name))
     logger = RunLogger(_client(uri), "0" * 32, outbox)
     assert logger.log({"train_loss": 1.0}, step=1) is False
     assert len(list(outbox.glob("*.json"))) == 1

@@ -1,0 +1,91 @@
+"""A fresh virtual environment holding only what a logged model requires, built in the background.
+
+Installing torch and MLflow into a new environment takes minutes, so the build starts as soon as
+the session is collected, when a selected test asks for ``model_env``, and runs (niced) while the
+other tests do; the fixture hands it over and ``ModelEnv.wait`` blocks until it is ready.  The
+requirements are what the jobs log with every model (:func:`jobs.dependencies.model_requirements`),
+installed with pip alone; the environment is deleted at the end of the session.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from jobs.dependencies import model_requirements
+
+__all__ = ["ModelEnv", "model_env"]
+
+_STASH = pytest.StashKey["ModelEnv"]()
+
+
+@dataclass
+class ModelEnv:
+    root: Path
+    requirements: list[str]
+    proc: subprocess.Popen = field(repr=False)
+    started: float
+    finished: float | None = None
+
+    @property
+    def python(self) -> Path:
+        return self.root / "venv" / "bin" / "python"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "build.log"
+
+    @classmethod
+    def start(cls) -> ModelEnv:
+        root = Path(tempfile.mkdtemp(prefix="stable-snn-model-env-"))
+        requirements = model_requirements()
+        (root / "requirements.txt").write_text("\n".join(requirements) + "\n")
+        script = (f"{sys.executable} -m venv {root / 'venv'} && {root / 'venv/bin/python'} -m pip install --quiet "
+                  f"--disable-pip-version-check -r {root / 'requirements.txt'}")
+        with open(root / "build.log", "w") as log:
+            proc = subprocess.Popen(["nice", "-n", "10", "sh", "-c", script], stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=root)
+        return cls(root, requirements, proc, time.monotonic())
+
+    def wait(self, timeout: float) -> tuple[float, float]:
+        """Block until the environment is built; returns (seconds waited here, seconds the build took)."""
+        t0 = time.monotonic()
+        rc = self.proc.wait(timeout=timeout)
+        self.finished = self.finished or time.monotonic()
+        assert rc == 0, f"building the model environment failed (rc {rc}):\n{self.log.read_text()[-4000:]}"
+        return time.monotonic() - t0, self.finished - self.started
+
+    def discard(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def pytest_collection_finish(session) -> None:
+    if session.config.option.collectonly:
+        return
+    if any("model_env" in getattr(item, "fixturenames", ()) for item in session.items):
+        session.config.stash[_STASH] = ModelEnv.start()
+
+
+def pytest_sessionfinish(session) -> None:
+    env = session.config.stash.get(_STASH, None)
+    if env is not None:
+        env.discard()
+
+
+@pytest.fixture(scope="session")
+def model_env(request) -> ModelEnv:
+    env = request.config.stash.get(_STASH, None)
+    if env is None:  # not seen at collection (e.g. requested dynamically): build it now
+        env = request.config.stash[_STASH] = ModelEnv.start()
+    return env
