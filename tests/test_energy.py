@@ -87,3 +87,44 @@ def test_activity_is_the_same_on_every_backend(name):
         assert r.firing_rates.keys() == first.firing_rates.keys()
         for k in first.firing_rates:
             assert r.firing_rates[k] == pytest.approx(first.firing_rates[k], abs=1e-3)
+
+
+def hand_set_vgg5(backend: str) -> torch.nn.Module:
+    """VGG5 (width 0.125, classifier width 4, LIF, threshold 1, T = 2) whose synaptic weights are all zero,
+    so each neuron's input current is a constant it gets from a bias: BatchNorm (eval, weight 0) emits its
+    bias, a Linear its bias.  1.5 (>= 1, above threshold after any reset) spikes every step, -1 never."""
+    model = build_model("vgg5", 10, 2, "lif", backend=backend, width=0.125, classifier_width=4)
+    on, off = 1.5, -1.0
+    bn_biases = [[on] * 4 + [off] * 4, [off] * 16, [on] * 16]  # features.0 / .1 / .2 channels
+    linear_biases = [[on, off, off, off], [on, on, on, off]]  # classifier.0 / .1 neurons
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for block, bias in zip(model.features, bn_biases):
+            block.bn.running_mean.zero_()
+            block.bn.running_var.fill_(1.0)
+            block.bn.bias.copy_(torch.tensor(bias))
+        for block, bias in zip(model.classifier, linear_biases):
+            block.linear.bias.copy_(torch.tensor(bias))
+    return model.eval()
+
+
+@pytest.mark.parametrize("backend", ["reference", "eager"])
+def test_firing_rates_and_sops_of_a_hand_set_network(backend):
+    """Counted by hand, per image, over T = 2 steps:
+
+    * firing rates: features.0 4 of 8 channels = 0.5; features.1 none = 0; features.2 all = 1;
+      classifier.0 1 of 4 = 0.25; classifier.1 3 of 4 = 0.75.
+    * features.0's conv sees the normalised image (not binary): dense MACs 3*32*32 inputs x
+      8 channels * 3*3 fan-out = 221184 per step, 442368 per image.
+    * features.1's conv sees features.0's spikes average-pooled 2x2; whole channels spike, so the pooled
+      map is still binary: 4*16*16 = 1024 spikes x 16*3*3 = 144 fan-out = 147456 per step.
+    * features.2's conv sees no spike: 0.  classifier.0 sees features.2's 16 channels pooled to 8x8, all
+      ones: 1024 spikes x 4 outputs = 4096.  classifier.1: 1 spike x 4 = 4.  head: 3 spikes x 10 = 30.
+    * SOPs per image: 2 * (147456 + 4096 + 4 + 30) = 303172.
+    """
+    report = activity(hand_set_vgg5(backend), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert report.firing_rates == {"features.0.neuron": 0.5, "features.1.neuron": 0.0, "features.2.neuron": 1.0,
+                                   "classifier.0.neuron": 0.25, "classifier.1.neuron": 0.75}
+    assert report.sops_per_image == 303172.0
+    assert report.dense_macs_per_image == 442368.0

@@ -250,8 +250,33 @@ def test_mppd_gains_one_entry_per_spiking_layer(name, neuron):
     assert [g.name for g in gains] == [s.name for s in model.synapses()]
     for g in gains:
         assert g.weight_norm > 0
-        assert g.exact_gain == pytest.approx(temporal_gain(LAM, 8) * g.weight_norm, rel=1e-6)
+        assert round(g.exact_gain / g.weight_norm, 2) == 5.26  # sigma_max(L_8) at lam = 0.99 (protocol)
         assert not g.bound_violated  # T = 8 with a == 1
+
+
+def leak_matrix_by_hand(leak: list[float]) -> torch.Tensor:
+    """L[t, k] = prod_{j=k+1..t} leak[j] for k <= t, else 0 (Eq. 11 unrolled), float64."""
+    T = len(leak)
+    return torch.tensor([[math.prod(leak[k + 1:t + 1]) if k <= t else 0.0 for k in range(T)] for t in range(T)],
+                        dtype=torch.float64)
+
+
+def test_mppd_gains_of_vgg_classifier_layers_against_their_weight_matrices():
+    """VGG5's two spiking classifier layers, weight norms by torch.linalg on the weight matrices:
+    classifier.1 is a plain 32x32 Linear, ||W||_2; classifier.0 is 2x2 average pooling then a Linear,
+    W P with P P^T = I / 4 (each output averages four inputs of its own), so ||W P||_2 = ||W||_2 / 2.
+    The exact gain is sigma_max(L_8) (L built by hand) times that norm."""
+    model = seeded("vgg5", "lif").eval()
+    gains = {g.name: g for g in mppd_gains(model, iters=100)}
+
+    def norm(linear):
+        return torch.linalg.matrix_norm(linear.weight.detach().double(), ord=2).item()
+
+    expected = {"classifier.0": norm(model.classifier[0].linear) / 2, "classifier.1": norm(model.classifier[1].linear)}
+    sigma_l = torch.linalg.matrix_norm(leak_matrix_by_hand([LAM] * 8), ord=2).item()
+    for name, w_norm in expected.items():
+        assert gains[name].weight_norm == pytest.approx(w_norm, rel=1e-4), name
+        assert gains[name].exact_gain == pytest.approx(sigma_l * w_norm, rel=1e-4), name
 
 
 def test_mppd_gains_flags_long_horizons():
@@ -269,8 +294,12 @@ def test_mppd_gains_use_the_dlif_gains(form):
             layer.gain.copy_(a)
     L = leak_matrix(LAM * a.double(), T) if form == "leak" else leak_matrix(LAM, T) * a.double()[None, :]
     sigma = torch.linalg.matrix_norm(L, ord=2).item()
-    for g in mppd_gains(model, iters=50):
-        assert g.exact_gain == pytest.approx(sigma * g.weight_norm, rel=1e-6)
+    gains = mppd_gains(model, iters=50)
+    for g in gains:
+        assert g.exact_gain / g.weight_norm == pytest.approx(sigma, rel=1e-6)
+    w_norm = torch.linalg.matrix_norm(model.classifier[1].linear.weight.detach().double(), ord=2).item()
+    assert gains[-1].name == "classifier.1"  # a plain Linear: its norm by torch.linalg
+    assert gains[-1].exact_gain == pytest.approx(sigma * w_norm, rel=1e-4)
     # the factor is the gain of the layer's own (DLIF) perturbation dynamics
     layer = model.spiking_layers()[-1]
     v = torch.linalg.svd(L.float()).Vh[0]

@@ -10,6 +10,7 @@ import torch
 from stable_snn.config import ObjectiveConfig
 from stable_snn.models import Features, build_model
 from stable_snn.objective import PassOutput, TwoPass, build_optimizer, build_perturbation, stable_loss, train_step
+from stable_snn.regularizers import snn_rat_step
 from stable_snn.attacks import RFGSM, GaussianNoise
 
 T, B, CLASSES, LAM = 3, 4, 10, 0.99
@@ -234,3 +235,25 @@ def test_train_step_updates_and_is_reproducible(mode):
     assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
     for k in after:
         assert torch.equal(after[k], model_b.state_dict()[k]), k
+
+
+def test_at_reg_is_at_followed_by_the_snn_rat_step():
+    """``at_reg`` = one ``at`` step (same model copy, batch and attack seed) then :func:`snn_rat_step`
+    with the config's beta and row settings and the step's ``reg_generator``; the Linear layers have
+    32 >= 8 outputs, so a random 30 % of their rows is retracted, drawn from that generator."""
+    model_reg = tiny().train()
+    model_at = copy.deepcopy(model_reg)
+    x, _, y = batch(5)
+    settings = dict(rho=1.0, beta=1e-2, reg_row_fraction=0.3, reg_row_min_outputs=8)
+    for model, mode in ((model_reg, "at_reg"), (model_at, "at")):
+        opt = build_optimizer(model, lr=0.05, momentum=0.9, weight_decay=0.0)
+        train_step(model, opt, x, y, ObjectiveConfig(mode=mode, **settings), generator=torch.Generator().manual_seed(3),
+                   reg_generator=torch.Generator().manual_seed(4))
+    at_only = {k: v.clone() for k, v in model_at.state_dict().items()}
+    snn_rat_step(model_at, 1e-2, torch.Generator().manual_seed(4), row_fraction=0.3, min_outputs=8)
+    reg, by_hand = model_reg.state_dict(), model_at.state_dict()
+    assert reg.keys() == by_hand.keys()
+    for k in reg:
+        torch.testing.assert_close(reg[k], by_hand[k], rtol=0.0, atol=1e-7, msg=k)
+    differs = [k for k in reg if reg[k].is_floating_point() and (reg[k] - at_only[k]).abs().max() > 1e-5]
+    assert {"features.0.conv.weight", "classifier.0.linear.weight", "classifier.1.linear.weight"} <= set(differs)

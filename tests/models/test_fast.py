@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stable_snn.models import BACKENDS, FastConv2d, fast
+from tests.threads import torch_threads
 
 
 def assert_same_function(y, expected, wrt, wrt_expected):
@@ -36,7 +37,6 @@ def test_conv_under_autocast_matches_autocast_conv():
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
     x = torch.rand(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
-    threads = torch.get_num_threads()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = fast.conv2d(x, conv)
         expected = conv(x)
@@ -46,7 +46,30 @@ def test_conv_under_autocast_matches_autocast_conv():
     (want,) = torch.autograd.grad(expected.float().sum(), conv.weight)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
-    assert torch.get_num_threads() == threads  # restored after the single-thread weight gradient
+
+
+@pytest.mark.parametrize("dtype, switches", [(torch.bfloat16, True), (torch.float32, False)])
+def test_low_precision_weight_gradient_runs_on_one_thread_then_restores(monkeypatch, dtype, switches):
+    """Under CPU bf16 autocast the weight gradient drops to ``WGRAD_THREADS`` (1) threads and
+    restores the caller's count (here 2, not the suite's 1, so that a switch really happens);
+    fp32 leaves the threads alone.  Every ``torch.set_num_threads`` call is recorded and passed on."""
+    calls: list[int] = []
+    real_set = torch.set_num_threads
+
+    def recording_set(n: int) -> None:
+        calls.append(n)
+        real_set(n)
+
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch_threads(2):
+        monkeypatch.setattr(torch, "set_num_threads", recording_set)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = fast.conv2d(x, conv)
+        torch.autograd.grad(y.float().sum(), conv.weight)
+        monkeypatch.undo()
+        assert torch.get_num_threads() == 2
+    assert calls == ([1, 2] if switches else [])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -3,6 +3,7 @@ cluster and MLflow server (slow)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from jobs.config import load_job_config
-from jobs.tune.__main__ import main as tune_main
+from jobs.tune.__main__ import dry_run_lines, main as tune_main
 from jobs.tune.search import param_space, tpe_samples
 from jobs.tune.space import SCORE, SpaceError, expand_trials, load_space, parse_space
 from jobs.tune.trial import TRIAL_KEY, point_tag, trial_config, trial_values, with_score
@@ -26,13 +27,19 @@ def base():
     return load_job_config(QUICK)
 
 
+# what each shipped space hands Tune: TPE its distributions by field, grid and random one list of trials
+SHIPPED_TUNE_KEYS = {
+    "reg-strength": {TRIAL_KEY}, "rho-chi": {"objective.rho", "objective.chi"}, "rho-grid": {TRIAL_KEY},
+    "table2": {TRIAL_KEY}, "table2-cpu": {TRIAL_KEY},
+}
+
+
 @pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
 def test_every_shipped_space_parses_and_validates(path, base):
     space = load_space(path, base)
     assert space.name == path.stem
     assert space.params
-    tune_space = param_space(space)
-    assert set(tune_space) == ({p.key for p in space.params} if space.search == "tpe" else {TRIAL_KEY})
+    assert set(param_space(space)) == SHIPPED_TUNE_KEYS[path.stem]
 
 
 def test_shipped_spaces_cover_the_paper(base):
@@ -132,6 +139,41 @@ def test_random_and_tpe_trials_are_drawn_from_the_spaces_seed(base):
     tpe = {**spec, "search": "tpe"}
     assert tpe_samples(parse_space(tpe, base)) == tpe_samples(parse_space(tpe, base))
     assert tpe_samples(parse_space(tpe, base)) != tpe_samples(parse_space({**tpe, "seed": 1}, base))
+
+
+TPE_SPEC = {"name": "s", "search": "tpe", "scheduler": "none", "metric": "val_robust_acc", "mode": "max",
+            "seed": 7, "num_samples": 4, "fixed": {"objective.mode": "at_reg"}, "params": {
+                "objective.rho": {"uniform": [0.0, 2.0]}, "objective.beta": {"loguniform": [1e-4, 1e-2]},
+                "model.neuron": {"choice": ["lif", "dlif"]}}}
+TPE_TRIAL = re.compile(r"  trial (\d): objective\.mode=at_reg objective\.rho=(\S+) objective\.beta=(\S+) "
+                       r"model\.neuron=(lif|dlif)")
+
+
+def tpe_dry_run(base, **patch) -> tuple[str, list[tuple[int, float, float, str]]]:
+    """The dry run's head line and its trials parsed as (number, rho, beta, neuron)."""
+    head, *lines = dry_run_lines(parse_space({**TPE_SPEC, **patch}, base))
+    trials = []
+    for line in lines:
+        m = TPE_TRIAL.fullmatch(line)
+        assert m, line
+        trials.append((int(m[1]), float(m[2]), float(m[3]), m[4]))
+    return head, trials
+
+
+def test_a_tpe_dry_run_draws_its_first_trials_from_the_spaces_seed(base):
+    """The TPE search's start-up draws, as ``--dry-run`` prints them: the fixed block then one value per
+    param inside its bounds; the same seed gives the same draws (and a longer search starts with the
+    same ones), another seed others."""
+    head, trials = tpe_dry_run(base)
+    assert head == ("search s: tpe, scheduler none, Tune metric val_robust_acc (max), seed 7; "
+                    "TPE: trials after the first 4 depend on earlier results; 4 trial(s)")
+    assert [t[0] for t in trials] == [1, 2, 3, 4]
+    assert all(0.0 <= rho <= 2.0 and 1e-4 <= beta <= 1e-2 for _, rho, beta, _ in trials)
+    assert len({(rho, beta) for _, rho, beta, _ in trials}) == 4  # four draws, not one repeated
+    assert tpe_dry_run(base)[1] == trials
+    assert tpe_dry_run(base, num_samples=6)[1][:4] == trials
+    other = tpe_dry_run(base, seed=8)[1]
+    assert all((a[1], a[2]) != (b[1], b[2]) for a, b in zip(trials, other))
 
 
 def test_the_dry_run_of_reg_strength_shows_mode_at_reg_in_every_trial(capsys, monkeypatch):
