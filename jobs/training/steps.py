@@ -75,8 +75,13 @@ def train_loader(cfg: JobConfig, train_set, generators: EpochGenerators, world_s
                                      seed=epoch_seeds(cfg.run.seed, 0, rank)[0], drop_last=True)
     else:
         sampler = RandomSampler(train_set, generator=generators.shuffle)
+    # The loader processes' base seed comes from a generator of its own: drawn when a persistent
+    # iterator starts (a worker's first epoch only), it must not move the shuffle, or a restarted
+    # worker would shuffle its first epoch unlike the uninterrupted run. The augmentation is seeded
+    # per (seed, epoch, image), so the base seed changes nothing the run computes.
+    base_seed = torch.Generator().manual_seed(cfg.run.seed)
     return DataLoader(train_set, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
-                      num_workers=cfg.data.loader_workers, generator=generators.shuffle,
+                      num_workers=cfg.data.loader_workers, generator=base_seed,
                       persistent_workers=cfg.data.loader_workers > 0)
 
 

@@ -294,13 +294,7 @@ def assert_same_tensors(a, b, where: str) -> None:
         assert a == b, where
 
 
-@pytest.mark.parametrize("loader_workers", [
-    0,
-    pytest.param(2, marks=pytest.mark.xfail(strict=True, reason=(
-        "with loader processes the DataLoader's iterator is persistent: a process's first epoch draws the "
-        "iterator's base seed from the shuffle generator before the permutation, later epochs do not, "
-        "so a restarted worker shuffles its first epoch differently from the uninterrupted run"))),
-])
+@pytest.mark.parametrize("loader_workers", [0, 2])
 def test_a_resumed_run_reaches_the_weights_of_an_uninterrupted_one(tmp_path, loader_workers):
     """CPU, fp32, one worker: two epochs straight, against one epoch, its checkpoint written and read
     back, a fresh worker (new parts, the global RNG moved) restored from it and the second epoch.
