@@ -52,6 +52,19 @@ def test_model_mode_restored(name, tiny_model, batch):
 
 
 @pytest.mark.parametrize("name", list(ALL))
+def test_batchnorm_runs_in_eval_mode_during_the_attack(name, tiny_model, batch):
+    """A network left in train mode: an attack that ran its passes in train mode would normalise with
+    batch statistics and move every BatchNorm's running statistics; in eval mode they stay put."""
+    x, y = batch
+    tiny_model.train()
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items() if "running" in k}
+    assert before  # the network has BatchNorm statistics to watch
+    _run(ALL[name](), tiny_model, x, y)
+    after = tiny_model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("name", list(ALL))
 def test_parameter_grads_untouched(name, tiny_model, batch):
     x, y = batch
     assert all(p.requires_grad and p.grad is None for p in tiny_model.parameters())
