@@ -56,3 +56,14 @@ def all_torch_threads():
     thresholds they assert, do not move with the machine's core count."""
     with torch_threads(2) as n:
         yield n
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every slow test states its own time limit (``@pytest.mark.timeout(seconds)``, about three times
+    what it takes on a 2-core machine), so a hang fails within minutes and names the test; the fast
+    tests share the suite's default (``timeout`` in pyproject.toml). The limits count the test's own
+    call only (``timeout_func_only``): a session fixture's set-up is paid by whichever test comes
+    first, and each fixture bounds its own subprocesses."""
+    missing = [item.nodeid for item in items if item.get_closest_marker("slow") and not item.get_closest_marker("timeout")]
+    if missing:
+        raise pytest.UsageError("slow tests without @pytest.mark.timeout(seconds):\n  " + "\n  ".join(missing))

@@ -44,6 +44,7 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_dlif_adversarial_training_beats_chance(record_property, cifar10, all_torch_threads):
     start = time.perf_counter()
     splits = build_splits("cifar10", cifar10.root, download=cifar10.download, val_size=HELDOUT_IMAGES,
@@ -86,6 +87,7 @@ def test_dlif_adversarial_training_beats_chance(record_property, cifar10, all_to
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("form", ["leak", "input"])
 def test_wrn16_dlif_gains_stay_positive_under_the_papers_sgd_with_mppd(form):
     """WRN16 (width 0.125, T=4) trained 20 RFGSM steps (batch 8) with the paper's SGD (lr 0.1, momentum

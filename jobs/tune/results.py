@@ -52,6 +52,22 @@ def trial_rows(client, parent_run_id: str, experiment: str, space: SearchSpace) 
     return rows
 
 
+def log_unlogged_epochs(client, run_id: str, checkpoints: dict[int, str]) -> dict[int, dict[str, float]]:
+    """The run's validation history, after logging the epochs its latest checkpoint holds and MLflow
+    does not: a scheduler's stop can end a trial between its report to Tune and rank 0 logging that
+    epoch, while the checkpoint (written after validation) already holds the epoch's metrics."""
+    scores = validation_history(client, run_id)
+    if not checkpoints or max(checkpoints) in scores:
+        return scores
+    state, _ = load_checkpoint_at(checkpoints[max(checkpoints)])
+    for entry in state.get("history", []):
+        if int(entry["epoch"]) not in scores:
+            for key, value in entry.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    client.log_metric(run_id, key, float(value), step=int(entry["epoch"]))
+    return validation_history(client, run_id)
+
+
 def end_stopped_trials(client, parent_run_id: str, experiment: str, storage: str, errored: set[str]) -> list[str]:
     """End the child runs a scheduler stopped mid-training (still RUNNING once the search is over):
     the selection rule picks among the checkpoints they wrote, the run is tagged ``stopped_early``
@@ -64,11 +80,11 @@ def end_stopped_trials(client, parent_run_id: str, experiment: str, storage: str
     stopped = []
     for run in running:
         run_id, trial_id = run.info.run_id, run.data.tags.get(TRIAL_TAG)
-        scores = validation_history(client, run_id)
+        checkpoints, _ = intact_checkpoints(list_checkpoints(storage, run.data.tags[RUN_NAME_TAG]))
+        scores = validation_history(client, run_id) if trial_id in errored else log_unlogged_epochs(client, run_id, checkpoints)
         if trial_id in errored or not scores:  # a scheduler stops a trial only after it reported an epoch
             client.set_terminated(run_id, status="FAILED")
             continue
-        checkpoints, _ = intact_checkpoints(list_checkpoints(storage, run.data.tags[RUN_NAME_TAG]))
         if any("val_robust_acc" in scores.get(e, {}) for e in checkpoints):
             params = run.data.params
             n = min(int(params["validation.subset"]), int(params["data.val_size"]))

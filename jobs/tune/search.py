@@ -66,10 +66,14 @@ def tpe_samples(space: SearchSpace) -> list[dict]:
 
 
 def scheduler_of(space: SearchSpace, epochs: int) -> ASHAScheduler | None:
-    """ASHA on the Tune metric (rungs at epochs 1, 2, 4, ...), or None."""
+    """ASHA on the Tune metric (rungs at epochs 1, 2, 4, ...), or None.
+
+    ``max_t`` is one past the last epoch: ASHA stops every trial that reaches ``max_t``, and a stop
+    at the last epoch's report would end the trial's training run before it selects, registers and
+    closes its MLflow run; the trial ends by itself there instead."""
     if space.scheduler != "asha":
         return None
-    return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=2)
+    return ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=1, reduction_factor=2)
 
 
 def build_tuner(space: SearchSpace, base: JobConfig, name: str, parent_run_id: str, tracking_uri: str,

@@ -191,6 +191,7 @@ def test_apgd_t_matches_slow_transcription():
 
 
 @pytest.mark.slow  # trains a model
+@pytest.mark.timeout(60)
 def test_more_restarts_only_fool_more(trained):
     """The first run uses the same draws, so a second restart can only add fooled samples."""
     x, y = trained.images[:64], trained.labels[:64]

@@ -7,7 +7,7 @@ import torch
 from stable_snn.attacks import PGD, WORST_CASE, evaluate_protocol
 from tests.attacks.helpers import predictions
 
-pytestmark = pytest.mark.slow  # trains a model (once per session)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # trains a model (once per session)
 
 N = 64
 

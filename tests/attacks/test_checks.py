@@ -155,6 +155,7 @@ def sanity_protocol() -> Protocol:
 
 
 @pytest.mark.slow  # trains a model (once per session)
+@pytest.mark.timeout(60)
 def test_flags_on_a_trained_network_and_on_its_hard_threshold_twin(trained):
     """The trained network raises none of these flags; declared with a surrogate of width 1e-6 (a hard
     threshold: the same function, zero input gradients) it raises all three."""

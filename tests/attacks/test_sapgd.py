@@ -98,6 +98,7 @@ def test_assg_changes_only_the_backward_and_restores_the_model(tiny_model, batch
 
 
 @pytest.mark.slow  # trains a model (once per session)
+@pytest.mark.timeout(60)
 def test_assg_sapgd_sees_through_a_too_sharp_training_surrogate(trained):
     """The trained network declared with a too-sharp triangle surrogate (omega = 0.05; the forward function is
     the same, only the white-box gradient changes): most input gradients vanish, so PGD-10 and even APGD-CE-100

@@ -25,7 +25,7 @@ from infra.local.stack import (
 )
 from tests.jobs.helpers import QUICK, TINY, job_env, run_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 NAME = "two-node"
 MODEL = "test-two-node"

@@ -138,6 +138,7 @@ def test_evaluate_refuses_unknown_protocol(sandbox, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60)
 def test_model_uri_not_in_registry_is_refused(mlflow_server, monkeypatch, capsys):
     from mlflow import MlflowClient
 
@@ -247,6 +248,7 @@ def _listening(port: int) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60)
 def test_servers_started_by_the_project_listen_on_loopback_only(mlflow_server, ray_head):
     """The MLflow server and the Ray dashboard / job API (the parts that run code or hold data) that
     infra.local.stack starts bind 127.0.0.1 unless told otherwise."""

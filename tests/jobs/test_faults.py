@@ -129,6 +129,7 @@ def ray_env(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_worker_sigkill_mid_epoch_resumes_into_same_run(tmp_path, mlflow_server, ray_head, cifar10, ray_env):
     """SIGKILL to the live RayTrainWorker process while it trains epoch 2: new workers resume from the
     epoch-1 checkpoint, all epochs finish, one MLflow run with each epoch logged once, one model version."""
@@ -156,6 +157,7 @@ def test_worker_sigkill_mid_epoch_resumes_into_same_run(tmp_path, mlflow_server,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_driver_killed_and_relaunched_continues_same_run(tmp_path, mlflow_server, ray_head, cifar10, ray_env):
     """SIGKILL to the driver's process group after epoch 1 is checkpointed: its Ray Train controller and
     workers die with it; the same command started again continues from the checkpoint in the storage
@@ -218,6 +220,7 @@ if sys.argv[4] == "hold":
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_relaunch_waits_for_a_live_previous_driver_then_refuses(tmp_path, ray_head):
     """The guard behind the relaunch: while the previous driver of a run holds the run's lock (a named
     actor it owns) on the same cluster, a relaunch waits, then refuses naming the job; once the
@@ -294,6 +297,7 @@ def test_outbox_not_sent_before_deadline_fails_naming_uri_and_keeps_metrics(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_mlflow_server_gone_mid_run_then_back(tmp_path, ray_head, cifar10, ray_env):
     """The tracking server stops after epoch 1 is logged: training and checkpointing go on, the epochs'
     metrics wait in the outbox, and reach the server once it is back on the same port and store; the
@@ -336,6 +340,7 @@ def test_mlflow_server_gone_mid_run_then_back(tmp_path, ray_head, cifar10, ray_e
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)
 def test_tune_trial_worker_loss_resumes_and_search_completes(tmp_path, mlflow_server, ray_head, cifar10):
     """Each of two trials loses its rank-0 worker in the middle of epoch 2 (the fault plan's crash_at_epoch): each
     resumes from its epoch-1 checkpoint, and the search completes with one child run per trial whose
@@ -379,6 +384,7 @@ def test_tune_trial_worker_loss_resumes_and_search_completes(tmp_path, mlflow_se
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_nan_loss_stops_with_epoch_and_step_and_last_good_checkpoint_registers(tmp_path, mlflow_server, ray_head, cifar10):
     """A NaN loss in the middle of epoch 2 stops the job (not retried, though max_failures allows it) with
     a message naming epoch and step; the epoch-1 checkpoint stays; a relaunch is refused before any

@@ -34,6 +34,7 @@ def test_an_evaluation_actor_uses_the_cpus_it_reserved():
 
 
 @pytest.mark.slow  # a two-worker Ray Train run that only builds its workers (about 20 s)
+@pytest.mark.timeout(120)
 def test_two_one_cpu_workers_on_a_two_cpu_node_use_one_thread_each(ray_head, cifar10, tmp_path, monkeypatch):
     """Each of two 1-CPU training workers runs one torch thread, even when the environment the
     workers inherit asks OpenMP for both cores (as an image exporting OMP_NUM_THREADS=nproc does)."""
@@ -42,7 +43,7 @@ def test_two_one_cpu_workers_on_a_two_cpu_node_use_one_thread_each(ray_head, cif
     from ray.train.torch import TorchTrainer
 
     cfg = load_job_config(QUICK, [
-        "run.num_workers=2", "run.cpus_per_worker=1", "data.train_subset=64", "data.val_size=256",
+        "run.num_workers=2", "run.cpus_per_worker=1", "data.train_subset=256", "data.val_size=256",
         f"data.root={cifar10.root}", f"data.download={str(cifar10.download).lower()}",
     ])
     out = tmp_path / "threads"

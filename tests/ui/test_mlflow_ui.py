@@ -145,6 +145,7 @@ def search(tmp_path_factory, mlflow_server, ray_head, cifar10):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_the_training_view_lists_the_trials_with_rho_and_robust_accuracy(search, tmp_path):
     uri, exp_id, trials, _ = search
     dom = render(runs_link(uri, exp_id), "runs-training-view", tmp_path)
@@ -159,6 +160,7 @@ def test_the_training_view_lists_the_trials_with_rho_and_robust_accuracy(search,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_the_compare_page_shows_the_trials_parameters_and_metrics(search, tmp_path):
     uri, exp_id, trials, _ = search
     text = text_of(render(compare_link(uri, exp_id, [t.info.run_id for t in trials]), "compare-trials", tmp_path))
@@ -176,6 +178,7 @@ def test_the_compare_page_shows_the_trials_parameters_and_metrics(search, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_the_evaluation_view_lists_the_evaluation(search, tmp_path):
     uri, exp_id, _, evaluation = search
     rows = Grid(render(runs_link(uri, exp_id, EVALUATION_VIEW), "runs-evaluation-view", tmp_path)).rows

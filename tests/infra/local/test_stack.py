@@ -132,6 +132,7 @@ def stack_root(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_up_twice_reuses_then_down_stops_everything(stack_root, monkeypatch):
     root = stack_root
     ports = {"--ray-port": ls.free_port(), "--dashboard-port": ls.free_port(), "--mlflow-port": ls.free_port()}

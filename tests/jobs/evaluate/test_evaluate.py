@@ -168,6 +168,7 @@ def _eval_run(client, version, protocol):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_job_end_to_end(tmp_path, mlflow_server, ray_head, cifar10, monkeypatch, capsys):
     """Three constant versions (known accuracies): promotion on their own runs' validation splits, the eps curve
     on the test split, a URI not in the registry."""
@@ -248,6 +249,7 @@ def test_job_end_to_end(tmp_path, mlflow_server, ray_head, cifar10, monkeypatch,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_evaluation_of_the_quick_run(quick_run, tmp_path, cifar10):
     """The quick preset's trained model under paper-table1 on 16 test images: the run is opened before the attacks
     (its duration covers them), carries the training run's parameters, a link to it and the split; the attacks
@@ -295,6 +297,7 @@ def test_evaluation_of_the_quick_run(quick_run, tmp_path, cifar10):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60)
 def test_ray_actors_give_the_in_process_result(ray_head, monkeypatch):
     """Batches spread over two actors (in any order) merge into the in-process result."""
     import ray

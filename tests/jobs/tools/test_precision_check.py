@@ -47,6 +47,7 @@ def test_emulated_bf16_is_refused_unless_forced():
 
 
 @pytest.mark.slow  # four tiny training runs
+@pytest.mark.timeout(60)
 def test_precision_check_json(cifar10):
     cmd = [sys.executable, "-m", "jobs.tools.precision_check", "--data-root", str(cifar10.root), "--device", "cpu",
            "--train-images", "64", "--eval-images", "20", "--epochs", "1", "--batch-size", "32", "--timesteps", "2",

@@ -28,6 +28,7 @@ print(json.dumps({"jobs": jobs.__file__, "stable_snn": stable_snn.__file__,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_the_registered_model_loads_in_a_fresh_environment_from_its_requirements(quick_run, model_env, tmp_path):
     import mlflow
     from mlflow import MlflowClient

@@ -44,6 +44,7 @@ def test_an_unreachable_server_is_refused_within_seconds_naming_it(tmp_path, mon
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60)
 def test_run_logger_parks_metrics_while_server_is_down_and_sends_them_once(tmp_path, mlflow_server):
     """Logged while the server does not answer: the metrics go to the outbox; once it answers, a flush
     sends them, and an outbox batch sent twice (a crash between sending and removing it) is logged once."""
@@ -70,6 +71,7 @@ def test_run_logger_parks_metrics_while_server_is_down_and_sends_them_once(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60)
 def test_metrics_parked_on_s3_storage_outlive_the_logger_and_are_sent_once(mlflow_server, s3_server, monkeypatch):
     """Runs stored on ``s3://``: the outbox is a folder under the run's prefix in the bucket; metrics parked
     there during an outage are found by another logger (another process, after a restart) and sent once."""

@@ -13,7 +13,7 @@ import yaml
 from jobs.dependencies import model_requirements
 from jobs.tracking.views import TRAINING_VIEW, VIEW_TAG_PREFIX, view_states
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 
 def _client(uri):

@@ -24,6 +24,7 @@ TINY = [
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_checkpoints_and_resume_on_s3_storage(mlflow_server, ray_head, s3_server, cifar10, monkeypatch):
     from mlflow import MlflowClient
 

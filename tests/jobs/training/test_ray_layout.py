@@ -42,6 +42,7 @@ def test_the_latest_registered_checkpoint_of_a_run_folder(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60)
 def test_the_record_the_tests_write_has_the_layout_of_a_real_runs(quick_run):
     """Ray Train's own record of the quick run: the keys of the record and of its checkpoint entries are
     the ones tests/jobs/ray_layout.py writes, and it names the run's latest checkpoint."""
