@@ -257,3 +257,24 @@ def test_at_reg_is_at_followed_by_the_snn_rat_step():
         torch.testing.assert_close(reg[k], by_hand[k], rtol=0.0, atol=1e-7, msg=k)
     differs = [k for k in reg if reg[k].is_floating_point() and (reg[k] - at_only[k]).abs().max() > 1e-5]
     assert {"features.0.conv.weight", "classifier.0.linear.weight", "classifier.1.linear.weight"} <= set(differs)
+
+
+@pytest.mark.parametrize("backend", ["reference", "eager"])
+def test_one_batched_pass_computes_the_two_passes(backend):
+    """``TwoPass(batched=True)``, one pass over ``[x; x_pert]`` with training-mode BatchNorm statistics
+    per half, computes what two passes compute: the logits and last-layer currents of each batch,
+    the parameter gradients of a loss over both, and the BatchNorm running statistics after it."""
+    outs = {}
+    for batched in (False, True):
+        model = tiny(backend=backend).train()
+        x, x_pert, y = batch()
+        clean, pert = TwoPass(model, record_spikes=False, batched=batched)(x, x_pert)
+        loss = (torch.nn.functional.cross_entropy(clean.logits.mean(0), y)
+                + torch.nn.functional.cross_entropy(pert.logits.mean(0), y)
+                + (pert.features.last_current - clean.features.last_current).square().mean())
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        stats = [b.clone() for n, b in model.named_buffers() if "running" in n]
+        outs[batched] = [clean.logits, pert.logits, pert.features.last_current, *grads, *stats]
+    assert len(outs[True]) > 8
+    for two, one in zip(outs[False], outs[True]):
+        torch.testing.assert_close(one, two, rtol=1e-4, atol=1e-5)
