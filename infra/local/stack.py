@@ -1,3 +1,5 @@
+# Over 400 lines: one lifecycle (start, pid records, status, process-tree stop) of two services that
+# `ray stop` cannot scope; split, its halves would share every helper.
 """A local Ray head and MLflow tracking server for development, demos and tests.
 
     python -m infra.local.stack up     [--root DIR] [--ray-port 6379] [--dashboard-port 8265]

@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
         "STABLE_SNN_DATA_ROOT (datasets)."
     ))
     add_config_arguments(p)
-    p.add_argument("--no-register", action="store_true", help="do not register the best checkpoint in the model registry")
+    p.add_argument("--no-register", action="store_true", help="do not register the selected checkpoint in the model registry")
     p.add_argument("--alias", default="candidate", help="alias given to the registered model version (default: candidate)")
     return p
 

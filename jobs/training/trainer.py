@@ -1,4 +1,4 @@
-"""The Ray Train ``TorchTrainer`` of a job config, and the best checkpoint of its result."""
+"""The Ray Train ``TorchTrainer`` of a job config (which checkpoint stands for the run: :mod:`.selection`)."""
 from __future__ import annotations
 
 import ray.train
