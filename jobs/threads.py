@@ -9,9 +9,15 @@ system time).  Every such process calls :func:`use_reserved_cpus` first.
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 
 import torch
+
+from .openmp import DEFAULT_POLICY, WAIT_POLICY
+
+log = logging.getLogger("stable_snn.threads")
 
 
 def threads_for(cpus: float) -> int:
@@ -25,4 +31,8 @@ def use_reserved_cpus(cpus: float) -> int:
     """Set this process's torch threads to :func:`threads_for` ``(cpus)``; returns the count."""
     threads = threads_for(cpus)
     torch.set_num_threads(threads)
+    if threads > 1 and os.environ.get(WAIT_POLICY, "").upper() != DEFAULT_POLICY:
+        log.warning("%d torch threads with %s=%s: spinning OpenMP threads slow a shared node many times over; "
+                    "start Ray with %s=%s (jobs/openmp.py)", threads, WAIT_POLICY, os.environ.get(WAIT_POLICY, "unset"),
+                    WAIT_POLICY, DEFAULT_POLICY)
     return threads

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.threads import torch_threads
+from jobs.openmp import use_passive_openmp
+
+use_passive_openmp()  # before torch loads OpenMP, here and in every process the tests start (jobs/openmp.py)
+
+from tests.threads import torch_threads  # noqa: E402  (imports torch)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """Session-wide artifacts of real job runs, shared by the slow tests that need a trained model.
 
 - ``quick_run`` -> :class:`QuickRun`: the quick preset submitted once per session with
-  ``ray job submit`` (1 epoch, 2 workers, the TINY data cut) against the session's Ray head and
+  ``ray job submit`` (1 epoch of 16-image batches, 2 workers, the TINY data cut) against the session's Ray head and
   MLflow server; its MLflow run, checkpoints and the registered model ``test-quick@candidate``.
   Tests that read it must not change what others read: they may add aliases, tags or runs of
   their own names, never move ``candidate`` or delete anything.
@@ -56,6 +56,9 @@ def quick_run(tmp_path_factory, mlflow_server, ray_head, cifar10) -> QuickRun:
         "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
         "python", "-m", "jobs.train", "--config", "jobs/configs/quick.yaml", "--set", f"run.name={QUICK_RUN_NAME}",
         "--set", "optim.epochs=1", "--set", f"run.registered_model={QUICK_MODEL}", *TINY, *cifar10.overrides()[2:],
+        # 16 steps a worker instead of 4: enough for predictions that depend on the image, so that an
+        # attack on this model changes some of them (tests/jobs/evaluate/test_evaluate.py)
+        "--set", "optim.batch_size=16",
     ]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]

@@ -42,6 +42,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs.openmp import openmp_env
+
 log = logging.getLogger("stable_snn.local_stack")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -336,6 +338,7 @@ def _ray_env(extra: dict[str, str] | None) -> dict[str, str]:
         RAY_USAGE_STATS_ENABLED="0",
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # stop in seconds instead of draining for 30 s
     )
+    env.update(openmp_env(env))  # every worker, of submitted jobs too (jobs/openmp.py)
     return env | (extra or {})
 
 

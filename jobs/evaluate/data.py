@@ -60,15 +60,17 @@ def load_eval_set(cfg: JobConfig, split: str, dataset_root: str | None, limit: i
         else:
             arrays = load_arrays(dataset, root or cfg.data.resolved_root(), "test",
                                  format=cfg.data.format if root is None else "auto", download=cfg.data.download)
-            images = torch.from_numpy(arrays.images).permute(0, 3, 1, 2)
+            images = arrays.images  # uint8 [N, 32, 32, 3], read-only: only the chosen rows are copied out
             labels, indices = arrays.labels, np.arange(len(arrays.labels))
     except (DatasetNotFoundError, ValueError) as e:
         raise EvaluationInputError(str(e)) from None
     total = len(labels)
     size = None if limit is None or limit >= total else limit
     keep = subset_indices(labels, size, np.random.default_rng(data_seed))
-    chosen = images[torch.from_numpy(keep)]
-    chosen = chosen if chosen.is_floating_point() else chosen.float().div_(255)
+    if isinstance(images, np.ndarray):
+        chosen = torch.from_numpy(images[keep]).permute(0, 3, 1, 2).float().div_(255)
+    else:
+        chosen = images[torch.from_numpy(keep)]
     return EvalSet(chosen.contiguous(), torch.from_numpy(np.asarray(labels)[keep]).long(),
                    torch.from_numpy(np.asarray(indices)[keep]).long(), dataset, split,
                    str(root or cfg.data.resolved_root()), data_key(dataset, split, size, data_seed))

@@ -23,6 +23,7 @@ from stable_snn.attacks import (
     get_protocol, merge_batches, split_batches,
 )
 
+from ..openmp import openmp_env
 from ..threads import use_reserved_cpus
 from .data import EvalSet
 
@@ -83,7 +84,7 @@ def run_attacks(args: Namespace, protocol: Protocol, model: nn.Module, data: Eva
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=args.ray_address, log_to_driver=True)
+        ray.init(address=args.ray_address, log_to_driver=True, runtime_env={"env_vars": openmp_env()})
     try:
         return evaluate_distributed(model, data.images, data.labels, protocol, batch_size=args.batch_size,
                                     generator_seed=args.seed, workers=args.workers, progress=progress,

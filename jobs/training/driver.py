@@ -15,7 +15,8 @@ from ..tracking.models import register_model
 from ..tracking.outbox import run_logger
 from ..tracking.runs import close_run, open_training_run, validation_history
 from .checkpoints import checkpoint_location, load_checkpoint_at, load_ray_checkpoint, network_of
-from .faults import StopOnFatalError, fatal_error, job_runtime_env
+from ..openmp import openmp_env
+from .faults import StopOnFatalError, fatal_error, fault_plan_env
 from .figures import log_figures
 from .guard import claim_run, release_run
 from .preflight import check_resumable
@@ -34,11 +35,18 @@ class TrainingOutcome:
     version: object | None = None  # the registered ModelVersion, if any
 
 
+def job_runtime_env(environ=os.environ) -> dict:
+    """The Ray runtime environment a driver gives its job's workers: OpenMP's wait policy
+    (:mod:`jobs.openmp`) and a test's fault plan, if any. (Under ``ray job submit`` Ray keeps the
+    submission's runtime environment instead; the Ray nodes' own environment then carries the policy.)"""
+    return {"env_vars": {**openmp_env(environ), **fault_plan_env(environ)}}
+
+
 def connect_ray() -> None:
     """Join the Ray cluster of ``$RAY_ADDRESS`` (or start a local one), once per process."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
-        ray.init(log_to_driver=True, runtime_env=job_runtime_env() or None)
+        ray.init(log_to_driver=True, runtime_env=job_runtime_env())
 
 
 def run_training(cfg: JobConfig, client, tracking_uri: str, *, register: bool = True, alias: str = "candidate",

@@ -9,8 +9,10 @@ is refused before any compute.
 :class:`FaultPlan` is for tests only and never a configuration field: a test puts it, as JSON,
 into the environment variable ``STABLE_SNN_TEST_FAULT_PLAN`` of the driver it starts, e.g.
 ``{"crash_at_epoch": 2}`` (rank 0 dies once, with ``os._exit``, in the middle of epoch 2) or
-``{"nan_at_epoch": 2}`` (from the middle of epoch 2 on the loss is NaN, on every rank and retry).
-The driver hands the variable on to its Ray job (:func:`job_runtime_env`), so the Train workers
+``{"nan_at_epoch": 2}`` (from the middle of epoch 2 on the loss is NaN, on every rank and retry) or
+``{"hold_at_epoch": 2}`` (rank 0 writes its pid to ``.held-epoch2`` in the run's folder in the middle
+of epoch 2 and waits there, once, so that a test kills it at a known point).
+The driver hands the variable on to its Ray job (:func:`fault_plan_env`), so the Train workers
 of the run, and of every Tune trial, read the same plan.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -33,6 +36,8 @@ log = logging.getLogger("stable_snn.train")
 
 FAULT_PLAN_ENV = "STABLE_SNN_TEST_FAULT_PLAN"
 CRASH_EXIT_STATUS = 17
+HOLD_S = 600
+"""How long ``hold_at_epoch`` keeps rank 0 waiting (for the test to kill it) before it trains on."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class FaultPlan:
 
     crash_at_epoch: int | None = None
     nan_at_epoch: int | None = None
+    hold_at_epoch: int | None = None
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -67,15 +73,21 @@ class FaultPlan:
                 write_text(marker, "1")
                 log.warning("fault plan crash_at_epoch=%d: killing this worker in the middle of the epoch", epoch)
                 os._exit(CRASH_EXIT_STATUS)
+        if self.hold_at_epoch == epoch and rank == 0:
+            marker = f"{run_dir}/.held-epoch{epoch}"  # once: the restarted worker trains on
+            if read_text(marker) is None:
+                write_text(marker, str(os.getpid()))
+                log.warning("fault plan hold_at_epoch=%d: pid %d waits here to be killed", epoch, os.getpid())
+                time.sleep(HOLD_S)
         if self.nan_at_epoch == epoch:
             log.warning("fault plan nan_at_epoch=%d: putting a NaN into the classifier", epoch)
             with torch.no_grad():
                 list(model.parameters())[-1].view(-1)[0] = float("nan")
 
 
-def job_runtime_env(environ: Mapping[str, str] = os.environ) -> dict:
-    """The Ray runtime environment a driver gives its job: the fault plan of a test, if any."""
-    return {"env_vars": {FAULT_PLAN_ENV: environ[FAULT_PLAN_ENV]}} if environ.get(FAULT_PLAN_ENV) else {}
+def fault_plan_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The fault plan of a test, if any, as environment variables for the job's workers."""
+    return {FAULT_PLAN_ENV: environ[FAULT_PLAN_ENV]} if environ.get(FAULT_PLAN_ENV) else {}
 
 
 def nonfinite_message(run_name: str, loss: float, epoch: int, step: int, storage: str) -> str:

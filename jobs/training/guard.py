@@ -23,23 +23,12 @@ from ray.util.state import list_actors
 from ..config import JobConfig
 from ..errors import RunInUseError
 from .checkpoints import DRIVER_FILE, read_run_file, run_path, write_run_file
+from .lock import LOCK_NAMESPACE, RunLock
 
 log = logging.getLogger("stable_snn.train")
 
 # How long a relaunched driver waits for the run's previous driver to go.
 PREVIOUS_DRIVER_WAIT_S = float(os.environ.get("STABLE_SNN_PREVIOUS_DRIVER_WAIT_S", "120"))
-LOCK_NAMESPACE = "stable-snn"
-
-
-@ray.remote(num_cpus=0)
-class RunLock:
-    """The lock of one run: alive while its driver trains the run; knows who that driver is."""
-
-    def __init__(self, holder: dict) -> None:
-        self._holder = holder
-
-    def holder(self) -> dict:
-        return self._holder
 
 
 def lock_name(cfg: JobConfig) -> str:

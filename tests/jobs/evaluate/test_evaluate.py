@@ -284,14 +284,17 @@ def test_evaluation_of_the_quick_run(quick_run, tmp_path, cifar10):
     history = client.get_metric_history(run.info.run_id, "progress/batches_done")
     assert [m.value for m in history] == [1.0, 2.0]
 
-    # The attacks really ran. This model (one epoch on 512 images) gives every image the same logits, so no attack
-    # can change a prediction; what shows the work is its time: PGD-40 is 40 forward-backward passes of every
-    # image, the clean row one forward pass (a job that skipped the attacks would spend about the same on both).
+    # The attacks really ran: they changed predictions the clean pass made (the model's predictions
+    # depend on the image), and each cost what its passes cost (PGD-40 is 40 forward-backward passes).
     seconds = {k.removeprefix("seconds/"): v for k, v in run.data.metrics.items() if k.startswith("seconds/")}
     assert seconds["pgd-40"] > 10 * seconds["clean"] and seconds["pgd-20"] > 5 * seconds["clean"], seconds
-    table = pq.read_table(Path(client.download_artifacts(run.info.run_id, "results.parquet", str(tmp_path))))
-    assert {r["attack"] for r in table.to_pylist()} == {"clean", "fgsm", "pgd-7", "pgd-10", "pgd-20", "pgd-40",
-                                                          "apgd-ce", "apgd-dlr", "worst-case"}
+    rows = pq.read_table(Path(client.download_artifacts(run.info.run_id, "results.parquet", str(tmp_path)))).to_pylist()
+    assert {r["attack"] for r in rows} == {"clean", "fgsm", "pgd-7", "pgd-10", "pgd-20", "pgd-40",
+                                            "apgd-ce", "apgd-dlr", "worst-case"}
+    clean = {r["sample"]: r["predicted"] for r in rows if r["attack"] == "clean"}
+    assert len(set(clean.values())) > 1, "the quick run's model predicts one class for every image"
+    changed = {r["attack"] for r in rows if r["attack"] not in ("clean", "worst-case") and r["predicted"] != clean[r["sample"]]}
+    assert changed, "no attack changed any prediction"
     tags = client.get_model_version(source.name, source.version).tags
     assert tags["eval.paper-table1.run_id"] == run.info.run_id and tags["eval.paper-table1.flags"]
 

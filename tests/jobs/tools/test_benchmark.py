@@ -14,6 +14,7 @@ from jobs.config import load_job_config
 from jobs.tools.benchmark import parse_args, speeds
 from jobs.tools.measure import bf16_is_native
 from jobs.training.settings import step_settings
+from tests.threads import torch_threads
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = ["--width", "0.25", "--classifier-width", "32", "--timesteps", "2", "--batch-size", "4",
@@ -101,12 +102,16 @@ def test_eval_benchmark_json():
     (["--set", "model.backend=triton"], "model.backend='triton' is invalid"),
     (["--config", "no/such/preset.yaml"], "does not exist"),
 ])
-def test_bad_arguments_are_refused_before_any_work(args, message):
-    proc = subprocess.run([sys.executable, "-m", "jobs.tools.benchmark", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert message in proc.stderr
-    assert "step 1" not in proc.stderr  # nothing was timed
+def test_bad_arguments_are_refused_before_any_work(args, message, capsys):
+    """In-process (the entry point's own refusal is what test_emulated_bf16_is_refused_unless_allowed runs)."""
+    from jobs.tools.benchmark import main
+
+    with torch_threads(1), pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert message in err
+    assert "step 1" not in err  # nothing was timed
 
 
 def test_emulated_bf16_is_refused_unless_allowed():

@@ -12,7 +12,7 @@ import torch
 from jobs.config import job_config_from_dict, load_job_config
 from jobs.errors import NonFiniteLossError
 from jobs.training.checkpoints import NONFINITE_MARKER, load_checkpoint, save_checkpoint
-from jobs.training.faults import FAULT_PLAN_ENV, FaultPlan, job_runtime_env
+from jobs.training.faults import FAULT_PLAN_ENV, FaultPlan, fault_plan_env
 from jobs.training.steps import (
     EpochGenerators, build_parts, checkpoint_state, epoch_seeds, gain_metrics, report_payload, restore, resume_point,
     run_epoch,
@@ -228,8 +228,8 @@ def test_fp16_trains_with_a_loss_scaler(tmp_path):
 def test_fault_plan_comes_from_its_environment_variable_only():
     assert FaultPlan.from_env({}) == FaultPlan()
     assert FaultPlan.from_env({FAULT_PLAN_ENV: '{"nan_at_epoch": 2}'}) == FaultPlan(nan_at_epoch=2)
-    assert job_runtime_env({}) == {}
-    assert job_runtime_env({FAULT_PLAN_ENV: '{"crash_at_epoch": 1}'}) == {"env_vars": {FAULT_PLAN_ENV: '{"crash_at_epoch": 1}'}}
+    assert fault_plan_env({}) == {}
+    assert fault_plan_env({FAULT_PLAN_ENV: '{"crash_at_epoch": 1}'}) == {FAULT_PLAN_ENV: '{"crash_at_epoch": 1}'}
     for bad, message in (('{"nan_at_epoch": 0}', "nan_at_epoch=0 is invalid"), ('{"oops": 1}', "not a fault plan"),
                          ("[", "not a fault plan")):
         with pytest.raises(ValueError, match=message):
@@ -263,6 +263,23 @@ def test_a_planned_crash_ends_rank_0_once(tmp_path):
     plan.inject(epoch=1, step=2, steps=4, rank=0, model=model, run_dir=tmp_path)  # once only: this process lives on
     plan.inject(epoch=1, step=2, steps=4, rank=1, model=model, run_dir=tmp_path / "other")  # never rank 1
     assert not (tmp_path / "other").exists()
+
+
+def test_a_planned_hold_names_rank_0s_pid_and_waits_once(tmp_path, monkeypatch):
+    from jobs.training import faults
+
+    slept = []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    model, _, _ = parts(tiny_config(tmp_path))
+    plan = FaultPlan(hold_at_epoch=2)
+    plan.inject(epoch=2, step=1, steps=4, rank=0, model=model, run_dir=tmp_path)  # not the middle of the epoch
+    plan.inject(epoch=1, step=2, steps=4, rank=0, model=model, run_dir=tmp_path)  # not its epoch
+    plan.inject(epoch=2, step=2, steps=4, rank=1, model=model, run_dir=tmp_path)  # not rank 0
+    assert not (tmp_path / ".held-epoch2").exists() and slept == []
+    plan.inject(epoch=2, step=2, steps=4, rank=0, model=model, run_dir=tmp_path)
+    assert (tmp_path / ".held-epoch2").read_text() == str(os.getpid()) and slept == [600]
+    plan.inject(epoch=2, step=2, steps=4, rank=0, model=model, run_dir=tmp_path)  # once: the restarted worker trains on
+    assert slept == [600]
 
 
 # -- a resumed run -------------------------------------------------------------------------------
