@@ -3,7 +3,7 @@
     python -m jobs.tools.benchmark [--config PRESET] [--set section.field=value ...] \\
         --arch vgg5 --timesteps 8 --batch-size 32 --mode at --rho 1.0 \\
         [--precision P] [--attack-precision P] [--backend B] [--threads N] [--device cpu|cuda] \\
-        [--eval] [--peaks] [--profile] [--json]
+        [--eval] [--peaks] [--profile] [--busy N] [--json]
 
 The fast path runs as a worker of ``--config``'s training job runs the step (default: the
 ``quick`` preset): its precision (``optim.precision``), RFGSM input-gradient precision
@@ -25,14 +25,21 @@ peak of the profiler's allocation record), the FLOPs of one step counted with
 machine's fp32 matmul peak (and bf16's when the fast path runs bf16).  bf16 on a device
 without bf16 hardware (an AVX2-only CPU emulates it about 90x slower) is refused unless
 ``--allow-emulated-bf16``.
+
+``--busy N`` runs N busy-looping processes beside the benchmark, as the raylet, another worker or a
+validation task share a node; with it, ``OMP_WAIT_POLICY=ACTIVE`` in the environment shows what
+spinning OpenMP threads cost there (the jobs wait passively by default: :mod:`jobs.openmp`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -91,9 +98,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epoch-images", type=int, default=None,
                    help="images in the pass whose time is estimated (default: 50000, a CIFAR-10 training epoch; "
                         "with --eval 10000, its test set)")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="busy-looping processes beside the benchmark for its whole run (a shared node)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args(argv)
-    for name, minimum in (("steps", 1), ("warmup", 0), ("batch_size", 1), ("timesteps", 1), ("pgd_steps", 1),
+    for name, minimum in (("steps", 1), ("warmup", 0), ("busy", 0), ("batch_size", 1), ("timesteps", 1), ("pgd_steps", 1),
                           ("classifier_width", 1), ("epoch_images", 1), ("threads", 1)):
         value = getattr(args, name)
         if value is not None and value < minimum:
@@ -216,7 +225,8 @@ def settings(args) -> dict:
         "steps": args.steps, "warmup": args.warmup,
         "paths": {"fast": "stable_snn.objective.train_step" if train else "stable_snn.attacks.PGD",
                   "reference": "stable_snn.reference"},
-        "epoch_images": args.epoch_images,
+        "epoch_images": args.epoch_images, "busy_processes": args.busy,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
     }
 
 
@@ -253,7 +263,24 @@ def flops(args, device, make, reference_model, fast_model, images, labels, out: 
     return res
 
 
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """``n`` processes spinning on a core each while the block runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield [p.pid for p in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def run(args) -> dict:
+    with busy_processes(args.busy):
+        return _run(args)
+
+
+def _run(args) -> dict:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     reference_model, fast_model, images, labels = build(args, device)
@@ -282,7 +309,9 @@ def report(out: dict) -> str:
     what = "PGD-%d evaluation" % out["pgd_steps"] if out["benchmark"] == "pgd_eval" else "training step (mode %s)" % out["mode"]
     lines = [
         f"{out['arch']} T={out['timesteps']} batch {out['batch_size']} {what} on {out['device']} "
-        f"({out['threads']} threads), fast path in {out['precision']} on the {out['backend']} backend"
+        f"({out['threads']} threads, OMP_WAIT_POLICY {out['omp_wait_policy']}"
+        + (f", {out['busy_processes']} busy processes beside it" if out["busy_processes"] else "")
+        + f"), fast path in {out['precision']} on the {out['backend']} backend"
         + (f", RFGSM gradient in {out['attack_precision']}" if out["attack_precision"] else ""),
         f"  fast:      {out['fast_step_s']:.3f} s/step  {out['fast_images_per_s']:.1f} images/s",
         f"  reference: {out['reference_step_s']:.3f} s/step  {out['reference_images_per_s']:.1f} images/s",

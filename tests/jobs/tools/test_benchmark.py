@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,25 @@ def test_train_benchmark_json(precision):
         assert out["fast_first_loss"] == pytest.approx(out["reference_first_loss"], rel=1e-4)
 
 
+def test_busy_processes_run_beside_the_block_and_are_gone_after_it():
+    from jobs.tools.benchmark import busy_processes
+
+    with busy_processes(2) as pids:
+        assert len(pids) == 2
+        time.sleep(0.5)
+        for pid in pids:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            assert stat.rsplit(")", 1)[1].split()[0] == "R" or int(stat.rsplit(")", 1)[1].split()[11]) > 0  # running, or has run
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
+
+
+def test_the_report_names_the_wait_policy_and_the_busy_processes():
+    out = run_benchmark("--precision", "fp32", "--busy", "1", "--no-memory")
+    assert out["busy_processes"] == 1 and out["omp_wait_policy"] == "PASSIVE"  # jobs/openmp.py's default
+    assert parse_args(["--busy", "0"]).busy == 0
+
+
 def test_speeds_from_step_times():
     """Medians 0.5 s (fast) and 1.5 s (reference) of batch-4 steps: 8 and 8/3 images/s, a speedup of 3;
     a 50000-image epoch is 12500 steps: 6250 s = 104 1/6 min fast, 18750 s = 312.5 min reference."""
@@ -101,6 +121,7 @@ def test_eval_benchmark_json():
     (["--backend", "triton"], "invalid choice: 'triton'"),
     (["--set", "model.backend=triton"], "model.backend='triton' is invalid"),
     (["--config", "no/such/preset.yaml"], "does not exist"),
+    (["--busy", "-1"], "--busy must be >= 0, got -1"),
 ])
 def test_bad_arguments_are_refused_before_any_work(args, message, capsys):
     """In-process (the entry point's own refusal is what test_emulated_bf16_is_refused_unless_allowed runs)."""
