@@ -364,6 +364,7 @@ def test_tune_trial_worker_loss_resumes_and_search_completes(tmp_path, mlflow_se
     (tmp_path / "tune.log").write_text(log)
     assert out.returncode == 0, log[-6000:]
     assert log.count("fault plan crash_at_epoch=2: killing this worker") == 2
+    assert "Trial status:" in log  # the driver prints Tune's progress table
 
     client = _client(mlflow_server.address)
     parent = _runs_named(client, "fault-grid")
