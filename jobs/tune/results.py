@@ -69,16 +69,20 @@ def log_unlogged_epochs(client, run_id: str, checkpoints: dict[int, str]) -> dic
 
 
 def end_stopped_trials(client, parent_run_id: str, experiment: str, storage: str, errored: set[str]) -> list[str]:
-    """End the child runs a scheduler stopped mid-training (still RUNNING once the search is over):
+    """End the child runs a scheduler stopped mid-training (still RUNNING once the search is over, or
+    closed FAILED by their stopped driver although Tune saw no error):
     the selection rule picks among the checkpoints they wrote, the run is tagged ``stopped_early``
     and ends KILLED with the metrics it reached.  Runs of trials in ``errored`` (trial ids) end
     FAILED, and so do runs that never validated an epoch.  Returns the ids of the trials ended as
     stopped early."""
     exp = client.get_experiment_by_name(experiment)
-    running = client.search_runs([exp.experiment_id], filter_string=(
-        f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"))
+    # A stopped trial's driver may have closed its run FAILED on the way out (its ``finally``), or been
+    # stopped before it could (RUNNING): the trials Tune saw erroring are the ``errored`` ones.
+    ended = [run for status in ("RUNNING", "FAILED") for run in client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = '{status}'"))]
+    ended = [run for run in ended if run.info.status == "RUNNING" or run.data.tags.get(TRIAL_TAG) not in errored]
     stopped = []
-    for run in running:
+    for run in ended:
         run_id, trial_id = run.info.run_id, run.data.tags.get(TRIAL_TAG)
         checkpoints, _ = intact_checkpoints(list_checkpoints(storage, run.data.tags[RUN_NAME_TAG]))
         scores = validation_history(client, run_id) if trial_id in errored else log_unlogged_epochs(client, run_id, checkpoints)
