@@ -2,9 +2,9 @@
 
 Torch's OpenMP threads spin while they wait for work (the default "active" policy). On a node
 where anything else runs (the raylet, another worker, a validation task, a data loader) a spinning
-thread holds the core its sibling needs: on a 2-core machine a two-thread training step of a small
-network measured 30-40x slower next to one other busy process, and as fast as one thread with
-``OMP_WAIT_POLICY=PASSIVE`` (README, "Performance"). The policy is read once, when torch loads
+thread holds the core its sibling needs: on a 2-core machine a two-thread training step measured
+8x slower with ``OMP_WAIT_POLICY=ACTIVE`` than passive next to busy processes
+(``jobs.tools.benchmark --busy 1``, README "Performance"). The policy is read once, when torch loads
 OpenMP, so it must be in the environment before ``import torch``:
 
 - ``jobs/__init__`` sets it for every ``python -m jobs.<job>`` process (and what it starts);

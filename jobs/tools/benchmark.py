@@ -55,6 +55,7 @@ from stable_snn.reference import reference_forward, reference_pgd, reference_tra
 
 from ..config import load_job_config
 from ..logs import setup_logging
+from ..openmp import WAIT_POLICY
 from ..training.settings import step_settings
 from .measure import bf16_is_native, count_flops, matmul_peak, peak_memory_mb, profile_step, timed
 
@@ -226,7 +227,7 @@ def settings(args) -> dict:
         "paths": {"fast": "stable_snn.objective.train_step" if train else "stable_snn.attacks.PGD",
                   "reference": "stable_snn.reference"},
         "epoch_images": args.epoch_images, "busy_processes": args.busy,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "omp_wait_policy": os.environ.get(WAIT_POLICY, "unset"),
     }
 
 
