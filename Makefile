@@ -86,7 +86,7 @@ demo: stack-up
 	MLFLOW_TRACKING_URI=$(MLFLOW_URI) $(PY) -c "from mlflow import MlflowClient; mv = MlflowClient().get_model_version_by_alias('$(DEMO_MODEL)', 'candidate'); print(f'Registered model: models:/{mv.name}/{mv.version} (alias candidate; tags {dict(mv.tags)})')"; \
 	echo "Stop the services with: make stop"
 
-# A tiny Tune search and an attack evaluation on fresh services, then the MLflow UI's runs and compare
+# A tiny Tune search (interrupted and resumed) and an attack evaluation on fresh services, then the MLflow UI's runs and compare
 # pages rendered in headless Chromium; the screenshots go to $(UI_SCREENSHOTS).
 UI_SCREENSHOTS ?= tests/ui/screenshots
 ui-check: $(STAMP)

@@ -5,20 +5,29 @@
   MLflow server; its MLflow run, checkpoints and the registered model ``test-quick@candidate``.
   Tests that read it must not change what others read: they may add aliases, tags or runs of
   their own names, never move ``candidate`` or delete anything.
+- ``rho_grid_search`` -> :class:`RhoGridSearch`: the shipped rho-grid (4 trials, 2 at a time) on a tiny
+  preset, killed once two trials have finished and resumed with ``--resume``; its trials are in the
+  experiment ``tune-search`` and its best trial is registered as ``test-tune@candidate``.  The Tune
+  resume test checks the search; the MLflow UI check renders it (and adds one evaluation run).
 """
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.jobs.helpers import REPO, TINY, job_env
+import yaml
 
-__all__ = ["QuickRun", "quick_run"]
+from tests.jobs.helpers import QUICK, REPO, TINY, job_env
+
+__all__ = ["QuickRun", "quick_run", "RhoGridSearch", "rho_grid_search"]
 
 QUICK_RUN_NAME = "quick-submit"
 QUICK_MODEL = "test-quick"
@@ -63,3 +72,74 @@ def quick_run(tmp_path_factory, mlflow_server, ray_head, cifar10) -> QuickRun:
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     return QuickRun(mlflow_server.address, QUICK_RUN_NAME, QUICK_MODEL, storage, env, out)
+
+
+SEARCH_NAME, SEARCH_EXPERIMENT, SEARCH_MODEL = "grid-test", "tune-search", "test-tune"
+SEARCH_TRIAL = [
+    "--set", "run.num_workers=1", "--set", "run.cpus_per_worker=0.5", "--set", "run.validation_cpus=0.25",
+    "--set", "optim.epochs=1", "--set", "model.timesteps=2", "--set", "data.train_subset=256",
+    "--set", "data.val_size=128", "--set", "validation.subset=32", "--set", "validation.batch_size=32",
+    "--set", "validation.pgd_steps=2", "--set", f"run.experiment={SEARCH_EXPERIMENT}",
+    "--set", f"run.registered_model={SEARCH_MODEL}",
+]
+
+
+@dataclass(frozen=True)
+class RhoGridSearch:
+    """A rho-grid search interrupted (its driver's process group killed) and resumed to the end."""
+
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    registered_model: str  # the best trial as f"models:/{registered_model}@candidate"
+    first_returncode: int  # the killed first invocation's
+    finished_at_kill: dict  # child run id -> end time, of the trials finished when the first driver was killed
+    resumed: subprocess.CompletedProcess  # the ``--resume`` invocation
+    env: dict
+
+    def children(self, client) -> list:
+        exp = client.get_experiment_by_name(self.experiment)
+        return client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'")
+
+
+@pytest.fixture(scope="session")
+def rho_grid_search(tmp_path_factory, mlflow_server, ray_head, cifar10) -> RhoGridSearch:
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("rho-grid-search")
+    env = job_env(mlflow_server.address, root / "storage", cifar10.root, ray_address=ray_head.gcs_address)
+    # the shipped grid, two trials at a time (a quarter CPU for each trial's driver and validation)
+    space = yaml.safe_load((REPO / "tune_spaces" / "rho-grid.yaml").read_text()) | {"max_concurrent_trials": 2}
+    (root / "rho-grid.yaml").write_text(yaml.safe_dump(space))
+    args = ["--space", str(root / "rho-grid.yaml"), "--config", str(QUICK), "--name", SEARCH_NAME, *SEARCH_TRIAL,
+            "--trial-cpus", "0.25", *cifar10.overrides()[2:]]
+    client = MlflowClient(mlflow_server.address)
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    search = None
+    finished: dict = {}
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+            exp = client.get_experiment_by_name(SEARCH_EXPERIMENT)
+            parents = exp and client.search_runs(
+                [exp.experiment_id], filter_string=f"tags.`stable_snn.run_name` = '{SEARCH_NAME}'")
+            if parents:
+                search = RhoGridSearch(mlflow_server.address, SEARCH_EXPERIMENT, parents[0].info.run_id, SEARCH_MODEL,
+                                       0, {}, None, env)
+                finished = {r.info.run_id: r.info.end_time for r in search.children(client)
+                            if r.info.status == "FINISHED"}
+                if len(finished) >= 2:
+                    break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        output = proc.communicate(timeout=60)[0]
+    assert search is not None and len(finished) >= 2, output[-4000:]
+    time.sleep(5)  # the cluster notices the driver's death and cleans up its actors
+    resumed = subprocess.run([sys.executable, "-m", "jobs.tune", *args, "--resume"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-6000:]
+    return RhoGridSearch(mlflow_server.address, SEARCH_EXPERIMENT, search.parent_run_id, SEARCH_MODEL,
+                         proc.returncode, finished, resumed, env)

@@ -59,17 +59,13 @@ def register_run(cfg: JobConfig, client, tracking_uri: str, epoch: int | None = 
     if run is None:
         raise NothingToRegisterError(f"no MLflow training run named {cfg.run.name!r} in experiment {cfg.run.experiment!r} "
                                      f"at {tracking_uri}")
-    run_id, status = run.info.run_id, run.info.status
+    run_id = run.info.run_id
     selection, path, summary = choose_checkpoint(client, run_id, cfg, tracking_uri, epoch)
     best = selection.epoch
     state, ckpt_cfg = load_checkpoint_at(path)
     model = network_of(state, ckpt_cfg)
-    try:
-        version = register_model(client, run_id, model, ckpt_cfg, best, summary, alias)
-        tag_version(client, version, selection)
-        client.set_tag(run_id, "registered_epoch", str(best))
-        client.set_tag(run_id, "registered_checkpoint", path)
-    finally:
-        if client.get_run(run_id).info.status != status:
-            client.update_run(run_id, status=status)  # logging the model reopened the run: keep its outcome
+    version = register_model(client, run_id, model, ckpt_cfg, best, summary, alias)  # keeps the run's status
+    tag_version(client, version, selection)
+    client.set_tag(run_id, "registered_epoch", str(best))
+    client.set_tag(run_id, "registered_checkpoint", path)
     return version, best, run_id

@@ -84,20 +84,34 @@ def log_and_register(
             model.eval()
             probs = torch.softmax(model(x.float()).mean(0), 1).numpy()
             model.train(was)
-        with mlflow.start_run(run_id=run_id, nested=False):
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=str(code),
-                artifacts=artifacts,
-                input_example=x_np,
-                signature=infer_signature(x_np, probs),
-                pip_requirements=model_requirements(),
-                code_paths=CODE_PATHS,
-            )
+        before = client.get_run(run_id).info
+        try:
+            with mlflow.start_run(run_id=run_id, nested=False):
+                info = mlflow.pyfunc.log_model(
+                    name=MODEL_ARTIFACT,
+                    python_model=str(code),
+                    artifacts=artifacts,
+                    input_example=x_np,
+                    signature=infer_signature(x_np, probs),
+                    pip_requirements=model_requirements(),
+                    code_paths=CODE_PATHS,
+                )
+        finally:
+            keep_run_state(client, run_id, before)
     version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
     client.set_registered_model_alias(name, alias, version.version)
     log.info("registered %s version %s (alias %s) from run %s", name, version.version, alias, run_id)
     return version
+
+
+def keep_run_state(client, run_id: str, before) -> None:
+    """Put back the status and end time the run had before ``mlflow.start_run`` reopened it and its end
+    ended it FINISHED now: a FAILED run stays FAILED, and an ended run keeps its end time (else the UI
+    shows the wait until registration as the run's duration)."""
+    if before.status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")  # its job closes it
+    else:
+        client.set_terminated(run_id, status=before.status, end_time=before.end_time)
 
 
 @dataclass

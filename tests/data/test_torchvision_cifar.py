@@ -31,3 +31,18 @@ def test_integrity_check_failure_is_reported(make_torchvision_root):
         load_arrays("cifar10", root, "train")
     assert str(root) in str(info.value)
 
+
+
+def test_the_job_processes_load_torchvision_only_to_read_its_layout():
+    """torchvision's package import loads its models and ops and, through them, torch's compiler stack
+    (about 2.5 s of CPU): the training worker, the validation actor, the drivers and the evaluation
+    job read the Parquet copy without it."""
+    import subprocess
+    import sys
+
+    from tests.jobs.helpers import REPO
+
+    probe = ("import sys, jobs.training.worker, jobs.training.validation, jobs.train.__main__, jobs.tune.__main__, "
+             "jobs.evaluate.__main__; print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -431,5 +431,6 @@ def test_nan_loss_stops_with_epoch_and_step_and_last_good_checkpoint_registers(t
     versions = client.search_model_versions("name='test-fault-nan'")
     assert len(versions) == 1 and versions[0].run_id == run_id and versions[0].tags["epoch"] == "1"
     assert client.get_model_version_by_alias("test-fault-nan", "candidate").version == versions[0].version
-    assert client.get_run(run_id).info.status == "FAILED"
+    after = client.get_run(run_id).info
+    assert after.status == "FAILED" and after.end_time == runs[0].info.end_time  # the run's outcome, as it ended
     assert _steps(client, run_id, "val_robust_acc") == [1]

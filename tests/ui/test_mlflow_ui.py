@@ -1,9 +1,9 @@
 """The MLflow UI as a researcher opens it, rendered by headless Chromium from the real jobs' records.
 
-A tiny Tune search (``python -m jobs.tune``, two trials) and an attack evaluation of its registered
-model (``python -m jobs.evaluate``) write to the session's MLflow server; then the links the jobs
-print are opened in Chromium and the rendered DOM is read: the training view of the runs table
-lists every trial with its ρ and validation robust accuracy, the compare page shows the trials'
+The session's tiny Tune search (``python -m jobs.tune`` over the shipped rho-grid, four trials, interrupted
+and resumed) and an attack evaluation of its registered model (``python -m jobs.evaluate``) write to the
+session's MLflow server; then the links the jobs print are opened in Chromium and the rendered DOM
+is read: the training view of the runs table lists every trial with its ρ and validation robust accuracy, the compare page shows the trials'
 parameters and metrics side by side, and the evaluation view lists the evaluation.  The
 screenshots are kept in ``$STABLE_SNN_UI_SCREENSHOTS`` (default ``.artifacts/ui-check``).
 """
@@ -17,24 +17,16 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import yaml
 
 from jobs.tracking.views import EVALUATION_VIEW, compare_link, runs_link
-from tests.jobs.helpers import QUICK, REPO, job_env
+from tests.jobs.helpers import REPO
 
 SCREENSHOTS = Path(os.environ.get("STABLE_SNN_UI_SCREENSHOTS", REPO / ".artifacts" / "ui-check"))
-EXPERIMENT, MODEL, SEARCH = "ui-check", "test-ui-check", "ui-search"
 CHROMIUM_FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     # wide enough for every column of the training view (the runs table renders only the columns in sight)
     "--window-size=2400,1000", "--virtual-time-budget=15000",
-]
-TRIAL = [
-    "--set", "run.num_workers=1", "--set", "run.cpus_per_worker=0.5", "--set", "run.validation_cpus=0.25",
-    "--set", "optim.epochs=1", "--set", "model.timesteps=2", "--set", "data.train_subset=256",
-    "--set", "data.val_size=128", "--set", "validation.subset=32", "--set", "validation.batch_size=32",
-    "--set", "validation.pgd_steps=2", "--set", f"run.experiment={EXPERIMENT}", "--set", f"run.registered_model={MODEL}",
 ]
 
 
@@ -117,31 +109,25 @@ def text_of(dom: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory, mlflow_server, ray_head, cifar10):
-    """A finished tiny search over ρ ∈ {0, 1} and an evaluation of its best trial, run as a user would."""
+def search(rho_grid_search, cifar10):
+    """The session's rho-grid search (4 trials, interrupted and resumed) and an evaluation of its best
+    trial in the search's experiment, run as a user would."""
     from mlflow import MlflowClient
 
-    root = tmp_path_factory.mktemp("ui-check")
-    env = job_env(mlflow_server.address, root / "storage", cifar10.root, ray_address=ray_head.gcs_address)
-    space = root / "ui-grid.yaml"
-    space.write_text(yaml.safe_dump({"name": SEARCH, "search": "grid", "max_concurrent_trials": 2,
-                                     "params": {"objective.rho": {"grid": [0.0, 1.0]}}}))
-    tune = subprocess.run([sys.executable, "-m", "jobs.tune", "--space", str(space), "--config", str(QUICK),
-                           "--trial-cpus", "0.25", *TRIAL, *cifar10.overrides()[2:]],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert tune.returncode == 0, (tune.stdout + tune.stderr)[-6000:]
-    evaluation = subprocess.run([sys.executable, "-m", "jobs.evaluate", "--model-uri", f"models:/{MODEL}@candidate",
+    uri = rho_grid_search.tracking_uri
+    evaluation = subprocess.run([sys.executable, "-m", "jobs.evaluate",
+                                 "--model-uri", f"models:/{rho_grid_search.registered_model}@candidate",
                                  "--protocol", "quick", "--limit", "8", "--workers", "0", "--threads", "1",
-                                 "--dataset-root", str(cifar10.root), "--experiment", EXPERIMENT],
-                                cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                                 "--dataset-root", str(cifar10.root), "--experiment", rho_grid_search.experiment],
+                                cwd=REPO, env=rho_grid_search.env, capture_output=True, text=True, timeout=600)
     assert evaluation.returncode == 0, (evaluation.stdout + evaluation.stderr)[-6000:]
-    client = MlflowClient(mlflow_server.address)
-    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name(rho_grid_search.experiment).experiment_id
     runs = client.search_runs([exp_id])
-    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    trials = rho_grid_search.children(client)
     evaluations = [r for r in runs if r.data.tags.get("stable_snn.job") == "evaluate"]
-    assert len(trials) == 2 and len(evaluations) == 1
-    return mlflow_server.address, exp_id, trials, evaluations[0]
+    assert len(trials) == 4 and len(evaluations) == 1
+    return uri, exp_id, trials, evaluations[0]
 
 
 @pytest.mark.slow
@@ -172,7 +158,7 @@ def test_the_compare_page_shows_the_trials_parameters_and_metrics(search, tmp_pa
     # The metrics table below the plots lists the trials' metrics by name, as a virtual list: the first
     # rows are in the page, the others (val_robust_acc among them) come as it scrolls.
     metrics = text.split("Run details", 1)[1].split(" Metrics ", 1)[1].split(" Artifacts ", 1)[0]
-    keys = sorted(set(trials[0].data.metrics) & set(trials[1].data.metrics))
+    keys = sorted(set().union(*(t.data.metrics for t in trials)))
     assert "val_robust_acc" in keys
     assert metrics.startswith("Show diff only " + " ".join(keys[:3]))
 

@@ -2,12 +2,9 @@
 cluster and MLflow server (slow)."""
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -216,58 +213,33 @@ def _children(client, parent_id):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(540)
-def test_rho_grid_interrupted_and_resumed(tmp_path, mlflow_server, ray_head, cifar10):
-    """rho-grid on a tiny preset: killed after two finished trials, resumed with --resume, completes with
-    exactly one child run per trial under one parent, and the best trial's checkpoint registered."""
+@pytest.mark.timeout(60)
+def test_rho_grid_interrupted_and_resumed(rho_grid_search):
+    """rho-grid on a tiny preset (the session's ``rho_grid_search``): killed after two finished trials,
+    resumed with --resume, completes with exactly one child run per trial under one parent, the trials
+    finished before the kill left as they were, and the best trial's checkpoint registered."""
     from mlflow import MlflowClient
 
-    env = job_env(mlflow_server.address, tmp_path / "storage", cifar10.root, ray_address=ray_head.gcs_address)
-    # the shipped grid, two trials at a time (one CPU each: driver, one worker, validation)
-    space = yaml.safe_load((REPO / "tune_spaces" / "rho-grid.yaml").read_text()) | {"max_concurrent_trials": 2}
-    (tmp_path / "rho-grid.yaml").write_text(yaml.safe_dump(space))
-    args = ["--space", str(tmp_path / "rho-grid.yaml"), "--config", str(QUICK), "--name", "grid-test", *TRIAL,
-            "--trial-cpus", "0.25", "--set", "run.validation_cpus=0.25", *cifar10.overrides()[2:]]
-    client = MlflowClient(mlflow_server.address)
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    parent = None
-    deadline = time.monotonic() + 600
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(2)
-            exp = client.get_experiment_by_name("stable-snn")
-            if exp is None:
-                continue
-            parents = client.search_runs([exp.experiment_id], filter_string="tags.`stable_snn.run_name` = 'grid-test'")
-            if parents:
-                parent = parents[0].info.run_id
-                if sum(r.info.status == "FINISHED" for r in _children(client, parent)) >= 2:
-                    break
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        output = proc.communicate(timeout=60)[0]
-    assert parent is not None, output[-4000:]
-    assert proc.returncode not in (0, None) or len(_children(client, parent)) == 4, output[-4000:]
-    time.sleep(5)  # let the cluster notice the driver's death and clean up its actors
-
-    out = subprocess.run([sys.executable, "-m", "jobs.tune", *args, "--resume"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
-    children = _children(client, parent)
+    search = rho_grid_search
+    client = MlflowClient(search.tracking_uri)
+    assert search.first_returncode != 0 and 2 <= len(search.finished_at_kill) < 4  # killed mid-search
+    children = search.children(client)
     trial_ids = [r.data.tags["stable_snn.trial_id"] for r in children]
     assert len(children) == 4 and len(set(trial_ids)) == 4, trial_ids
     assert sorted(float(r.data.params["objective.rho"]) for r in children) == [0.0, 0.5, 1.0, 2.0]
     assert all(r.info.status == "FINISHED" for r in children)
+    ends = {r.info.run_id: r.info.end_time for r in children}
+    # not run again, and the registration of the best trial kept its end time
+    assert all(ends[run_id] == end for run_id, end in search.finished_at_kill.items())
     for r in children:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_robust_acc")] == [1]
-    parent_run = client.get_run(parent)
-    artifacts = {a.path for a in client.list_artifacts(parent)}
+    parent_run = client.get_run(search.parent_run_id)
+    assert parent_run.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(search.parent_run_id)}
     assert {"rho-grid.yaml", "trials.csv", "trials.md", "clean_vs_robust.png", "best_config.yaml"} <= artifacts
     # the registered version is the trial with the best validation robust accuracy
     best = max(children, key=lambda r: (r.data.metrics["val_robust_acc"]))
-    mv = client.get_model_version_by_alias("test-tune", "candidate")
+    mv = client.get_model_version_by_alias(search.registered_model, "candidate")
     assert float(mv.tags["val_robust_acc"]) == pytest.approx(best.data.metrics["val_robust_acc"], abs=1e-4)
     assert parent_run.data.metrics["best_val_robust_acc"] == pytest.approx(best.data.metrics["val_robust_acc"])
 
