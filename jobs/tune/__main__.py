@@ -41,7 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=int, default=None,
                    help="evaluate each finished trial's selected checkpoint on this many test images (protocol "
                         "quick) for the report; default: the space's test_images, 0 for none")
-    p.add_argument("--trial-cpus", type=float, default=1.0, help="CPUs reserved for each trial's driver (default 1)")
+    p.add_argument("--trial-cpus", type=float, default=None,
+                   help="CPUs reserved for each trial's driver, which waits on its Ray Train run (default: the "
+                        "space's trial_cpus, else 1)")
     p.add_argument("--no-register", action="store_true", help="do not register the best trial's checkpoint")
     p.add_argument("--alias", default="candidate", help="alias of the registered version (default candidate)")
     return p
@@ -65,16 +67,24 @@ def dry_run_lines(space: SearchSpace) -> list[str]:
         f"  trial {i + 1}: {' '.join(space.overrides(values))}" for i, values in enumerate(trials)]
 
 
+def reserved_trial_cpus(flag: float | None, space: SearchSpace) -> float:
+    """CPUs each trial's driver reserves: ``--trial-cpus``, else the space's ``trial_cpus``, else 1."""
+    return next(c for c in (flag, space.trial_cpus, 1.0) if c is not None)
+
+
 def search(args: argparse.Namespace) -> int:
     base = load_job_config(args.config, args.overrides)
     space = load_space(args.space, base)
     if args.test_images is not None and args.test_images < 0:
         raise ConfigError(f"--test-images={args.test_images} is invalid: allowed an integer >= 0")
+    if args.trial_cpus is not None and not args.trial_cpus > 0:
+        raise ConfigError(f"--trial-cpus={args.trial_cpus} is invalid: allowed a number > 0")
     if args.dry_run:
         print("\n".join(dry_run_lines(space)))
         return ExitCode.DONE
     name = args.name or space.name
     test_images = space.test_images if args.test_images is None else args.test_images
+    trial_cpus = reserved_trial_cpus(args.trial_cpus, space)
     tracking_uri = reachable_uri(base.run.tracking_uri)
     base = preflight(base)
     # Ray, MLflow and the training code load only once the input is known to be good.
@@ -91,7 +101,7 @@ def search(args: argparse.Namespace) -> int:
     parent = open_parent_run(client, base, space, name, Path(args.space), args.resume)
     status = "FAILED"
     try:
-        results = build_tuner(space, base, name, parent, tracking_uri, args.trial_cpus, args.resume).fit()
+        results = build_tuner(space, base, name, parent, tracking_uri, trial_cpus, args.resume).fit()
         errors = [r for r in results if r.error is not None]
         errored = {(r.metrics or {}).get("trial_id") for r in errors}
         end_stopped_trials(client, parent, base.run.experiment, base.run.resolved_storage(), errored)

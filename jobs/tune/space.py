@@ -5,6 +5,7 @@
     scheduler: none | asha               # ASHA stops trials early on the Tune metric
     num_samples: 1                       # grid: repeats of the grid; random/tpe: trials
     max_concurrent_trials: 1
+    trial_cpus: 1.0                      # optional: CPUs each trial's driver reserves, > 0 (default 1; --trial-cpus)
     seed: 0                              # random draws and TPE's sampler (default 0)
     metric: val_robust_acc               # reported by every trial each epoch
     mode: max
@@ -46,7 +47,7 @@ METRICS = ("val_robust_acc", "val_clean_acc")
 MODES = ("max", "min")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform")
 TOP_KEYS = ("name", "search", "scheduler", "num_samples", "max_concurrent_trials", "seed", "metric", "mode",
-            "objective", "fixed", "points", "params", "test_images")
+            "objective", "fixed", "points", "params", "test_images", "trial_cpus")
 SEED_KEY = "run.seed"  # the one run.* field a space may search: replicates of every point
 SCORE = "objective_score"  # the weighted objective, reported to Tune when a space has one
 
@@ -90,6 +91,7 @@ class SearchSpace:
     seed: int = 0
     points: tuple[dict[str, Any], ...] = ()
     test_images: int | None = None
+    trial_cpus: float | None = None  # the driver's reservation; None: the job's default
 
     def score(self, metrics: dict[str, float]) -> float:
         """The value that ranks trials for registration (higher is better)."""
@@ -217,6 +219,10 @@ def parse_space(data: Any, base: JobConfig) -> SearchSpace:
     scheduler = _pick(data, "scheduler", "none", SCHEDULERS)
     num_samples, concurrent = _count(data, "num_samples", 1, 1), _count(data, "max_concurrent_trials", 1, 1)
     seed, test_images = _count(data, "seed", 0, 0), _count(data, "test_images", None, 1)
+    trial_cpus = data.get("trial_cpus")
+    if trial_cpus is not None and (isinstance(trial_cpus, bool) or not isinstance(trial_cpus, (int, float))
+                                   or not math.isfinite(trial_cpus) or trial_cpus <= 0):
+        raise _err("trial_cpus", trial_cpus, "a number > 0")
     metric = _pick(data, "metric", "val_robust_acc", METRICS)
     mode = _pick(data, "mode", "max", MODES)
     objective = _parse_objective(data.get("objective"))
@@ -234,7 +240,7 @@ def parse_space(data: Any, base: JobConfig) -> SearchSpace:
         raise _err("search", search, "grid, since params use {grid: [...]} (or use {choice: [...]})")
     points = _parse_points(data.get("points"), search, params)
     space = SearchSpace(name, search, scheduler, num_samples, concurrent, metric, mode, params, dict(fixed), objective,
-                        seed, points, test_images)
+                        seed, points, test_images, None if trial_cpus is None else float(trial_cpus))
     _check_against_config(space, base)
     return space
 

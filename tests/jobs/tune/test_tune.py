@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from jobs.config import load_job_config
-from jobs.tune.__main__ import dry_run_lines, main as tune_main
+from jobs.tune.__main__ import dry_run_lines, main as tune_main, reserved_trial_cpus
 from jobs.tune.search import param_space, tpe_samples
 from jobs.tune.space import SCORE, SpaceError, expand_trials, load_space, parse_space
 from jobs.tune.trial import TRIAL_KEY, point_tag, trial_config, trial_values, with_score
@@ -62,6 +62,28 @@ def test_table2_cpu_is_three_points_times_two_seeds_with_one_rho0_point_per_seed
     assert param_space(space)[TRIAL_KEY] == {"grid_search": trials}  # what Tune runs is what the dry run prints
 
 
+def test_table2_cpu_runs_two_single_threaded_trials_side_by_side_on_two_cores():
+    """Each trial validates inline in its one worker, so one trial at a time kept one of two cores idle:
+    the space runs two, and a driver's and a worker's reservations for both fit 2 CPUs."""
+    from jobs.threads import threads_for
+
+    cfg = load_job_config(REPO / "jobs/configs/ablation-cpu.yaml")
+    space = load_space(REPO / "tune_spaces" / "table2-cpu.yaml", cfg)
+    assert space.max_concurrent_trials == 2 and cfg.run.num_workers == 1
+    assert space.trial_cpus + cfg.run.cpus_per_worker <= 1.0 and threads_for(cfg.run.cpus_per_worker) == 1
+
+
+def test_trial_cpus_come_from_the_flag_then_the_space_then_one(capsys, base):
+    """--trial-cpus over the space's trial_cpus over 1; a value Ray cannot reserve is refused before
+    anything runs."""
+    assert reserved_trial_cpus(None, parse_space(GOOD, base)) == 1.0
+    with_cpus = parse_space({**GOOD, "trial_cpus": 0.25}, base)
+    assert reserved_trial_cpus(None, with_cpus) == 0.25 and reserved_trial_cpus(0.5, with_cpus) == 0.5
+    code = tune_main(["--space", str(REPO / "tune_spaces" / "rho-grid.yaml"), "--config", str(QUICK),
+                      "--trial-cpus", "0", "--dry-run"])
+    assert code == 2 and "--trial-cpus=0.0 is invalid: allowed a number > 0" in capsys.readouterr().err
+
+
 GOOD = {"name": "s", "search": "grid", "params": {"objective.rho": {"grid": [0.0, 1.0]}}}
 
 
@@ -85,6 +107,8 @@ GOOD = {"name": "s", "search": "grid", "params": {"objective.rho": {"grid": [0.0
         ({"points": [{"objective.chi": 1.5}]}, "points[0]: objective.chi=1.5 is invalid"),
         ({"test_images": 0}, "test_images=0 is invalid"),
         ({"seed": -3}, "seed=-3 is invalid"),
+        ({"trial_cpus": 0}, "trial_cpus=0 is invalid: allowed a number > 0"),
+        ({"trial_cpus": "one"}, "trial_cpus='one' is invalid"),
         ({"params": {"objective.rho": {"normal": [0, 1]}}}, "allowed one of grid, choice, uniform, loguniform"),
         ({"search": "random"}, "use {choice: [...]}"),
         ({"search": "tpe", "params": {"objective.beta": {"loguniform": [0.0, 1.0]}}}, "bounds > 0"),
