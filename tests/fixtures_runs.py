@@ -98,8 +98,12 @@ class RhoGridSearch:
     env: dict
 
     def children(self, client) -> list:
-        exp = client.get_experiment_by_name(self.experiment)
-        return client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'")
+        return child_runs(client, self.experiment, self.parent_run_id)
+
+
+def child_runs(client, experiment: str, parent_run_id: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +120,7 @@ def rho_grid_search(tmp_path_factory, mlflow_server, ray_head, cifar10) -> RhoGr
     client = MlflowClient(mlflow_server.address)
     proc = subprocess.Popen([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    search = None
+    parent = None
     finished: dict = {}
     deadline = time.monotonic() + 600
     try:
@@ -126,9 +130,8 @@ def rho_grid_search(tmp_path_factory, mlflow_server, ray_head, cifar10) -> RhoGr
             parents = exp and client.search_runs(
                 [exp.experiment_id], filter_string=f"tags.`stable_snn.run_name` = '{SEARCH_NAME}'")
             if parents:
-                search = RhoGridSearch(mlflow_server.address, SEARCH_EXPERIMENT, parents[0].info.run_id, SEARCH_MODEL,
-                                       0, {}, None, env)
-                finished = {r.info.run_id: r.info.end_time for r in search.children(client)
+                parent = parents[0].info.run_id
+                finished = {r.info.run_id: r.info.end_time for r in child_runs(client, SEARCH_EXPERIMENT, parent)
                             if r.info.status == "FINISHED"}
                 if len(finished) >= 2:
                     break
@@ -136,10 +139,10 @@ def rho_grid_search(tmp_path_factory, mlflow_server, ray_head, cifar10) -> RhoGr
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         output = proc.communicate(timeout=60)[0]
-    assert search is not None and len(finished) >= 2, output[-4000:]
+    assert parent is not None and len(finished) >= 2, output[-4000:]
     time.sleep(5)  # the cluster notices the driver's death and cleans up its actors
     resumed = subprocess.run([sys.executable, "-m", "jobs.tune", *args, "--resume"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-6000:]
-    return RhoGridSearch(mlflow_server.address, SEARCH_EXPERIMENT, search.parent_run_id, SEARCH_MODEL,
-                         proc.returncode, finished, resumed, env)
+    return RhoGridSearch(mlflow_server.address, SEARCH_EXPERIMENT, parent, SEARCH_MODEL, proc.returncode, finished,
+                         resumed, env)

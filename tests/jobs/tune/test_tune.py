@@ -14,6 +14,7 @@ from jobs.tune.__main__ import dry_run_lines, main as tune_main, reserved_trial_
 from jobs.tune.search import param_space, tpe_samples
 from jobs.tune.space import SCORE, SpaceError, expand_trials, load_space, parse_space
 from jobs.tune.trial import TRIAL_KEY, point_tag, trial_config, trial_values, with_score
+from tests.fixtures_runs import child_runs
 from tests.jobs.helpers import QUICK, REPO, job_env
 
 SPACES = sorted((REPO / "tune_spaces").glob("*.yaml"))
@@ -231,11 +232,6 @@ TRIAL = [
 ]
 
 
-def _children(client, parent_id):
-    exp = client.get_experiment_by_name("stable-snn")
-    return client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_rho_grid_interrupted_and_resumed(rho_grid_search):
@@ -296,7 +292,7 @@ def test_asha_stops_a_trial_whose_run_ends_with_what_it_reached(tmp_path, mlflow
     exp = client.get_experiment_by_name("stable-snn")
     parent = client.search_runs([exp.experiment_id], filter_string="tags.`stable_snn.run_name` = 'asha-test'")[0]
     assert parent.data.params["tune.metric"] == "objective_score"
-    children = {float(r.data.params["model.threshold"]): r for r in _children(client, parent.info.run_id)}
+    children = {float(r.data.params["model.threshold"]): r for r in child_runs(client, "stable-snn", parent.info.run_id)}
     assert set(children) == {0.5, 1.0e6}
     assert all(r.data.params["objective.mode"] == "at_reg" for r in children.values())  # the fixed block
     stopped, finished = children[1.0e6], children[0.5]
