@@ -78,11 +78,11 @@ def end_stopped_trials(client, parent_run_id: str, experiment: str, storage: str
     exp = client.get_experiment_by_name(experiment)
     # A stopped trial's driver may have closed its run FAILED on the way out (its ``finally``), or been
     # stopped before it could (RUNNING): the trials Tune saw erroring are the ``errored`` ones.
-    ended = [run for status in ("RUNNING", "FAILED") for run in client.search_runs([exp.experiment_id], filter_string=(
+    unfinished = [run for status in ("RUNNING", "FAILED") for run in client.search_runs([exp.experiment_id], filter_string=(
         f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = '{status}'"))]
-    ended = [run for run in ended if run.info.status == "RUNNING" or run.data.tags.get(TRIAL_TAG) not in errored]
+    to_end = [run for run in unfinished if run.info.status == "RUNNING" or run.data.tags.get(TRIAL_TAG) not in errored]
     stopped = []
-    for run in ended:
+    for run in to_end:
         run_id, trial_id = run.info.run_id, run.data.tags.get(TRIAL_TAG)
         checkpoints, _ = intact_checkpoints(list_checkpoints(storage, run.data.tags[RUN_NAME_TAG]))
         scores = validation_history(client, run_id) if trial_id in errored else log_unlogged_epochs(client, run_id, checkpoints)

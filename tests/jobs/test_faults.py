@@ -19,6 +19,7 @@ from infra.local.stack import free_port, start_mlflow_server, stop
 from jobs.errors import CheckpointError
 from jobs.training.checkpoints import latest_registered_checkpoint, load_checkpoint
 from jobs.training.faults import FAULT_PLAN_ENV
+from tests.fixtures_runs import child_runs
 from tests.jobs.helpers import QUICK, REPO, job_env
 
 # Smaller than helpers.TINY: one worker, T=2, 8 steps of 32 images per epoch (a kill lands mid-epoch),
@@ -369,8 +370,7 @@ def test_tune_trial_worker_loss_resumes_and_search_completes(tmp_path, mlflow_se
     client = _client(mlflow_server.address)
     parent = _runs_named(client, "fault-grid")
     assert len(parent) == 1
-    exp = client.get_experiment_by_name("stable-snn")
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
+    children = child_runs(client, "stable-snn", parent[0].info.run_id)
     assert len(children) == 2
     first, second = sorted(children, key=lambda r: r.info.start_time)
     assert second.info.start_time < first.info.end_time  # the two trials ran side by side
