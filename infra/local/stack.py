@@ -337,6 +337,9 @@ def _ray_env(extra: dict[str, str] | None) -> dict[str, str]:
         RAY_AUTH_MODE="disabled",  # a token left in ~/.ray by a local ray.init() would otherwise turn auth on
         RAY_USAGE_STATS_ENABLED="0",
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # stop in seconds instead of draining for 30 s
+        # Ray Train's preemption watcher polls for draining nodes and only logs them; the local stack is
+        # one machine, and the watcher an actor process (about 4 s of CPU) per training run and restart
+        RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
     )
     env.update(openmp_env(env))  # every worker, of submitted jobs too (jobs/openmp.py)
     return env | (extra or {})

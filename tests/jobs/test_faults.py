@@ -103,6 +103,13 @@ def _train_actors(dashboard: str, job_id: str | None = None) -> list:
             if a.class_name in TRAIN_ACTORS]
 
 
+def _actors_of_class(dashboard: str, class_name: str) -> list:
+    """Every actor of ``class_name`` the cluster has started, alive or dead."""
+    from ray.util.state import list_actors
+
+    return list_actors(address=dashboard, filters=[("class_name", "=", class_name)], raise_on_missing_output=False)
+
+
 def _assert_epochs_logged_once(client, run_id: str, epochs: int) -> None:
     for key in ("train_loss", "val_robust_acc", "val_clean_acc"):
         assert _steps(client, run_id, key) == list(range(1, epochs + 1)), key
@@ -152,6 +159,8 @@ def test_worker_sigkill_mid_epoch_resumes_into_same_run(tmp_path, mlflow_server,
     assert rc == 0, out
     assert killed_at == 1 and "waits here to be killed" in out
     _assert_one_run_resumed_from(mlflow_server.address, storage, name, 1, "test-fault-sigkill")
+    # the local stack's Ray starts Ray Train without its preemption watcher, for both worker groups
+    assert _actors_of_class(ray_head.address, "PreemptionWatcher") == []
 
 
 # -- 2. the driver killed and started again ------------------------------------------------------
