@@ -48,11 +48,19 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The unit tests first, one pytest-xdist process per core; then the slow tests one at a time (they share
+# one Ray head, one MLflow server and trained runs, and each keeps the cores busy on its own). Both
+# parts always run; the exit status is the first failure's (5, "no tests selected", is not one).
+PYTEST := STABLE_SNN_CIFAR10_PARQUET=$(OFFLINE_CIFAR10) $(PY) -m pytest
+
 test: $(STAMP)
-	STABLE_SNN_CIFAR10_PARQUET=$(OFFLINE_CIFAR10) $(PY) -m pytest $(PYTEST_ARGS)
+	@rc=0; \
+	$(PYTEST) -m "not slow" -n auto $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
+	$(PYTEST) -m slow $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || [ $$rc -ne 0 ] || rc=$$s; }; \
+	exit $$rc
 
 test-fast: $(STAMP)
-	STABLE_SNN_CIFAR10_PARQUET=$(OFFLINE_CIFAR10) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" -n auto $(PYTEST_ARGS)
 
 stack-up: $(STAMP)
 	$(PY) -m infra.local.stack up --root $(LOCAL) --dashboard-port $(RAY_DASHBOARD) --mlflow-port $(MLFLOW_PORT)
