@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -91,11 +92,33 @@ class Service:
 # -- ports and probes --------------------------------------------------------------------------
 
 
+# Ray's worker processes take ports from 10002-19999 (`ray start --min/max-worker-port`), and every other
+# port Ray opens itself (raylet, object manager, agents, metrics) is one the OS hands out for port 0, from its
+# ephemeral range. A port we choose for a service to bind later comes from between the two, so that none of
+# the processes a Ray head starts in the meantime is given it (one from the ephemeral range was: the Ray
+# Client server then failed to bind it, "Address already in use").
+PORTS_ABOVE_RAY_WORKERS = 20000
+LINUX_EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The OS's range of ports for port 0 (Linux's setting; its default elsewhere)."""
+    with contextlib.suppress(OSError, ValueError):
+        lo, hi = map(int, LINUX_EPHEMERAL_PORTS.read_text().split())
+        return lo, hi
+    return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (the OS picks it; another process may take it later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port free on ``host`` right now, below the ephemeral range and above Ray's worker ports (see
+    above); the OS's choice where that gap is too small. Another process may still take it later."""
+    lo, hi = PORTS_ABOVE_RAY_WORKERS, ephemeral_ports()[0] - 1
+    candidates = random.sample(range(lo, hi + 1), k=min(64, hi - lo + 1)) if hi - lo >= 1000 else []
+    for port in [*candidates, 0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, contextlib.suppress(OSError):
+            s.bind((host, port))
+            return s.getsockname()[1]
+    raise StackError(f"no free TCP port on {host}")
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

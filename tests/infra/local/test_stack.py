@@ -5,6 +5,7 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -40,9 +41,26 @@ def service_for(proc: subprocess.Popen, **kw) -> ls.Service:
 # ----------------------------------------------------------------------------- fast: processes and pid files
 
 
-def test_free_port_is_bindable():
-    port = ls.free_port()
-    assert 0 < port < 65536 and not ls.port_open("127.0.0.1", port)
+def test_free_port_is_bindable_and_outside_the_ports_ray_and_the_os_hand_out():
+    lo, _ = ls.ephemeral_ports()
+    ports = {ls.free_port() for _ in range(20)}
+    for port in ports:
+        assert 20000 <= port < lo, port  # above Ray's worker ports (10002-19999), below the ephemeral range
+        assert not ls.port_open("127.0.0.1", port)
+    assert len(ports) > 1  # drawn at random: two stacks started at once do not pick the same port
+
+
+def test_free_port_skips_a_taken_port(monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        # the first candidate drawn is the taken port
+        monkeypatch.setattr(ls.random, "sample", lambda population, k: [busy, *list(population)[:k - 1]])
+        monkeypatch.setattr(ls, "PORTS_ABOVE_RAY_WORKERS", busy - 10)
+        monkeypatch.setattr(ls, "ephemeral_ports", lambda: (busy + 2000, 60999))
+        port = ls.free_port()
+    assert port != busy and busy - 10 <= port
 
 
 def test_ray_temp_dir_stays_short_enough_for_unix_sockets(tmp_path):
