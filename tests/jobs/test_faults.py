@@ -95,19 +95,16 @@ def _steps(client, run_id: str, key: str) -> list[int]:
     return sorted(int(m.step) for m in client.get_metric_history(run_id, key))
 
 
+def _actors(dashboard: str, *filters: tuple[str, str, str]) -> list:
+    """The actors the cluster has started that match the state API's ``filters``, alive or dead unless one says."""
+    from ray.util.state import list_actors
+
+    return list_actors(address=dashboard, filters=list(filters), detail=True, raise_on_missing_output=False)
+
+
 def _train_actors(dashboard: str, job_id: str | None = None) -> list:
-    from ray.util.state import list_actors
-
     filters = [("state", "=", "ALIVE")] + ([("job_id", "=", job_id)] if job_id else [])
-    return [a for a in list_actors(address=dashboard, filters=filters, detail=True, raise_on_missing_output=False)
-            if a.class_name in TRAIN_ACTORS]
-
-
-def _actors_of_class(dashboard: str, class_name: str) -> list:
-    """Every actor of ``class_name`` the cluster has started, alive or dead."""
-    from ray.util.state import list_actors
-
-    return list_actors(address=dashboard, filters=[("class_name", "=", class_name)], raise_on_missing_output=False)
+    return [a for a in _actors(dashboard, *filters) if a.class_name in TRAIN_ACTORS]
 
 
 def _assert_epochs_logged_once(client, run_id: str, epochs: int) -> None:
@@ -160,7 +157,7 @@ def test_worker_sigkill_mid_epoch_resumes_into_same_run(tmp_path, mlflow_server,
     assert killed_at == 1 and "waits here to be killed" in out
     _assert_one_run_resumed_from(mlflow_server.address, storage, name, 1, "test-fault-sigkill")
     # the local stack's Ray starts Ray Train without its preemption watcher, for both worker groups
-    assert _actors_of_class(ray_head.address, "PreemptionWatcher") == []
+    assert _actors(ray_head.address, ("class_name", "=", "PreemptionWatcher")) == []
 
 
 # -- 2. the driver killed and started again ------------------------------------------------------
