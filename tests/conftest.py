@@ -62,8 +62,21 @@ def all_torch_threads():
         yield n
 
 
+# The session-wide runs that several slow tests read (a training run, a search, an in-process trained
+# network): under pytest-xdist every test that reads one goes to the same worker, so each is made once.
+SHARED_RUNS = ("quick_run", "rho_grid_search", "trained")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Every slow test states its own time limit (``@pytest.mark.timeout(seconds)``, about three times
+    """Order and group the tests for ``make test``, which runs the whole suite on pytest-xdist
+    workers (``--dist loadgroup``). The slow tests come first, so that the many short unit tests
+    fill the workers' last minutes instead of one long test running alone at the end; and the slow
+    tests that read one of the ``SHARED_RUNS`` form one group (``xdist_group``), run by one worker.
+    Each worker starts its own Ray head and MLflow server when one of its tests needs them: while
+    one worker's test waits on a service, the other's uses the cores.
+
+    Every slow test states its own time limit (``@pytest.mark.timeout(seconds)``, about three times
     what it takes on a 2-core machine), so a hang fails within minutes and names the test; the fast
     tests share the suite's default (``timeout`` in pyproject.toml). The limits count the test's own
     call only (``timeout_func_only``): a session fixture's set-up is paid by whichever test comes
@@ -71,3 +84,30 @@ def pytest_collection_modifyitems(config, items):
     missing = [item.nodeid for item in items if item.get_closest_marker("slow") and not item.get_closest_marker("timeout")]
     if missing:
         raise pytest.UsageError("slow tests without @pytest.mark.timeout(seconds):\n  " + "\n  ".join(missing))
+    for item in items:
+        shared = [name for name in SHARED_RUNS if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: collection order within each part
+
+
+GROUPING_LOST = pytest.StashKey[str]()
+
+
+def pytest_collection_finish(session):
+    """Under ``--dist loadgroup`` a grouped test's id carries its group (``...::test@trained``), which is
+    how pytest-xdist's scheduler sees it; under pytest 9.2 it silently does not, and every worker would
+    make each shared run again (pytest-xdist#1386). The grouped tests then fail, saying why."""
+    if not session.config.getoption("loadgroup", default=False):  # set in pytest-xdist's workers only
+        return
+    lost = [item.nodeid for item in session.items
+            if item.get_closest_marker("xdist_group") and "@" not in item.nodeid.rsplit("]", 1)[-1]]
+    if lost:
+        session.config.stash[GROUPING_LOST] = (
+            f"pytest-xdist did not group {len(lost)} tests under --dist loadgroup: this pytest and pytest-xdist "
+            "do not work together (pytest-xdist#1386); use the versions pinned in pyproject.toml")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("xdist_group") and GROUPING_LOST in item.config.stash:
+        pytest.fail(item.config.stash[GROUPING_LOST], pytrace=False)

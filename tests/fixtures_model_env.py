@@ -1,8 +1,10 @@
 """A fresh virtual environment holding only what a logged model requires, built in the background.
 
-Installing torch and MLflow into a new environment takes minutes, so the build starts as soon as
-the session is collected, when a selected test asks for ``model_env``, and runs (niced) while the
-other tests do; the fixture hands it over and ``ModelEnv.wait`` blocks until it is ready.  The
+Installing torch and MLflow into a new environment takes minutes, so the build starts early, when a
+selected test asks for ``model_env``, and runs (niced) while the other tests do; the fixture hands it
+over and ``ModelEnv.wait`` blocks until it is ready. It starts when the session is collected, or,
+under pytest-xdist (where every worker collects every test), on the worker that runs those tests,
+when the first test of their ``xdist_group`` starts (tests/conftest.py groups them).  The
 requirements are what the jobs log with every model (:func:`jobs.dependencies.model_requirements`),
 installed with pip alone; the environment is deleted at the end of the session.
 """
@@ -25,6 +27,7 @@ from jobs.dependencies import model_requirements
 __all__ = ["ModelEnv", "model_env"]
 
 _STASH = pytest.StashKey["ModelEnv"]()
+_GROUPS = pytest.StashKey[set]()  # under pytest-xdist: the groups of the tests that use it
 
 
 @dataclass
@@ -70,11 +73,26 @@ class ModelEnv:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _groups(item) -> set[str]:
+    return {mark.args[0] if mark.args else mark.kwargs.get("name", "default") for mark in item.iter_markers("xdist_group")}
+
+
 def pytest_collection_finish(session) -> None:
     if session.config.option.collectonly:
         return
-    if any("model_env" in getattr(item, "fixturenames", ()) for item in session.items):
+    users = [item for item in session.items if "model_env" in getattr(item, "fixturenames", ())]
+    if not users:
+        return
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker
+        session.config.stash[_GROUPS] = set().union(*map(_groups, users))
+    else:
         session.config.stash[_STASH] = ModelEnv.start()
+
+
+def pytest_runtest_setup(item) -> None:
+    groups = item.config.stash.get(_GROUPS, set())
+    if _STASH not in item.config.stash and groups & _groups(item):
+        item.config.stash[_STASH] = ModelEnv.start()
 
 
 def pytest_sessionfinish(session) -> None:
