@@ -51,8 +51,10 @@ class ModelEnv:
         root = Path(tempfile.mkdtemp(prefix="stable-snn-model-env-"))
         requirements = model_requirements()
         (root / "requirements.txt").write_text("\n".join(requirements) + "\n")
+        # --no-compile: one process runs in it and compiles only what it imports (measured on 2 cores: pip
+        # 38 s of CPU instead of 72, that process 8 s instead of 3)
         script = (f"{sys.executable} -m venv {root / 'venv'} && {root / 'venv/bin/python'} -m pip install --quiet "
-                  f"--disable-pip-version-check -r {root / 'requirements.txt'}")
+                  f"--disable-pip-version-check --no-compile -r {root / 'requirements.txt'}")
         with open(root / "build.log", "w") as log:
             proc = subprocess.Popen(["nice", "-n", "10", "sh", "-c", script], stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=root)
