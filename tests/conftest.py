@@ -11,6 +11,7 @@ from jobs.openmp import use_passive_openmp
 
 use_passive_openmp()  # before torch loads OpenMP, here and in every process the tests start (jobs/openmp.py)
 
+from tests.fixtures_runs import shared_run  # noqa: E402
 from tests.threads import torch_threads  # noqa: E402  (imports torch)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,17 +63,12 @@ def all_torch_threads():
         yield n
 
 
-# The session-wide runs that several slow tests read (a training run, a search, an in-process trained
-# network): under pytest-xdist every test that reads one goes to the same worker, so each is made once.
-SHARED_RUNS = ("quick_run", "rho_grid_search", "trained")
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the groups
 def pytest_collection_modifyitems(config, items):
     """Order and group the tests for ``make test``, which runs the whole suite on pytest-xdist
     workers (``--dist loadgroup``). The slow tests come first, so that the many short unit tests
     fill the workers' last minutes instead of one long test running alone at the end; and the slow
-    tests that read one of the ``SHARED_RUNS`` form one group (``xdist_group``), run by one worker.
+    tests that read one session-wide run (``tests.fixtures_runs.SHARED_RUNS``) form one group (``xdist_group``), run by one worker.
     Each worker starts its own Ray head and MLflow server when one of its tests needs them: while
     one worker's test waits on a service, the other's uses the cores.
 
@@ -85,9 +81,8 @@ def pytest_collection_modifyitems(config, items):
     if missing:
         raise pytest.UsageError("slow tests without @pytest.mark.timeout(seconds):\n  " + "\n  ".join(missing))
     for item in items:
-        shared = [name for name in SHARED_RUNS if name in item.fixturenames]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
+        if (run := shared_run(item)) is not None:
+            item.add_marker(pytest.mark.xdist_group(run))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: collection order within each part
 
 

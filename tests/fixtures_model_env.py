@@ -23,11 +23,12 @@ from pathlib import Path
 import pytest
 
 from jobs.dependencies import model_requirements
+from tests.fixtures_runs import shared_run
 
 __all__ = ["ModelEnv", "model_env"]
 
 _STASH = pytest.StashKey["ModelEnv"]()
-_GROUPS = pytest.StashKey[set]()  # under pytest-xdist: the groups of the tests that use it
+_GROUPS = pytest.StashKey[set]()  # under pytest-xdist: the shared runs (groups) of the tests that use it
 
 
 @dataclass
@@ -75,10 +76,6 @@ class ModelEnv:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _groups(item) -> set[str]:
-    return {mark.args[0] if mark.args else mark.kwargs.get("name", "default") for mark in item.iter_markers("xdist_group")}
-
-
 def pytest_collection_finish(session) -> None:
     if session.config.option.collectonly:
         return
@@ -86,14 +83,13 @@ def pytest_collection_finish(session) -> None:
     if not users:
         return
     if hasattr(session.config, "workerinput"):  # a pytest-xdist worker
-        session.config.stash[_GROUPS] = set().union(*map(_groups, users))
+        session.config.stash[_GROUPS] = {shared_run(item) for item in users} - {None}
     else:
         session.config.stash[_STASH] = ModelEnv.start()
 
 
 def pytest_runtest_setup(item) -> None:
-    groups = item.config.stash.get(_GROUPS, set())
-    if _STASH not in item.config.stash and groups & _groups(item):
+    if _STASH not in item.config.stash and shared_run(item) in item.config.stash.get(_GROUPS, set()):
         item.config.stash[_STASH] = ModelEnv.start()
 
 

@@ -27,7 +27,17 @@ import yaml
 
 from tests.jobs.helpers import QUICK, REPO, TINY, job_env
 
-__all__ = ["QuickRun", "quick_run", "RhoGridSearch", "rho_grid_search"]
+__all__ = ["QuickRun", "quick_run", "RhoGridSearch", "rho_grid_search", "SHARED_RUNS", "shared_run"]
+
+# The session-wide runs that several slow tests read (these two, and the attack tests' in-process
+# trained network): under pytest-xdist every test that reads one goes to one worker (its
+# ``xdist_group``, tests/conftest.py), so each is made once.
+SHARED_RUNS = ("quick_run", "rho_grid_search", "trained")
+
+
+def shared_run(item) -> str | None:
+    """The session-wide run that the test ``item`` reads, if any: its group under pytest-xdist."""
+    return next((name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())), None)
 
 QUICK_RUN_NAME = "quick-submit"
 QUICK_MODEL = "test-quick"
