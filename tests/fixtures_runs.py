@@ -1,8 +1,10 @@
 """Session-wide artifacts of real job runs, shared by the slow tests that need a trained model.
 
 - ``quick_run`` -> :class:`QuickRun`: the quick preset submitted once per session with
-  ``ray job submit`` (1 epoch of 16-image batches, 2 workers, the TINY data cut) against the session's Ray head and
-  MLflow server; its MLflow run, checkpoints and the registered model ``test-quick@candidate``.
+  ``ray job submit`` (1 epoch of 16-image batches, the TINY data cut) to the session's two-node cluster
+  (``two_node_cluster``), its 2 workers placed ``STRICT_SPREAD``, one on each node, checkpointing into one
+  storage folder both nodes write to, logging to the session's MLflow server; its MLflow run,
+  checkpoints and the registered model ``test-quick@candidate``.
   Tests that read it must not change what others read: they may add aliases, tags or runs of
   their own names, never move ``candidate`` or delete anything.
 - ``rho_grid_search`` -> :class:`RhoGridSearch`: the shipped rho-grid (4 trials, 2 at a time) on a tiny
@@ -64,20 +66,25 @@ class QuickRun:
 
 
 @pytest.fixture(scope="session")
-def quick_run(tmp_path_factory, mlflow_server, ray_head, cifar10) -> QuickRun:
+def quick_run(tmp_path_factory, mlflow_server, two_node_cluster, cifar10) -> QuickRun:
     storage = tmp_path_factory.mktemp("quick-run") / "storage"
     env = job_env(mlflow_server.address, storage, cifar10.root)
     runtime_env = {"env_vars": {**{k: env[k] for k in
                                    ("MLFLOW_TRACKING_URI", "STABLE_SNN_STORAGE_PATH", "STABLE_SNN_DATA_ROOT", "RAY_AUTH_MODE")},
-                                "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}}  # a sample a second: the run is short
+                                "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",  # a sample a second: the run is short
+                                # as an image exporting OMP_NUM_THREADS=nproc does: each worker must still run
+                                # the threads of the CPUs it reserved (tests/jobs/test_threads.py)
+                                "OMP_NUM_THREADS": "2"}}
     cmd = [
-        str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_head.address,
+        str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", two_node_cluster.head.address,
         "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
         "python", "-m", "jobs.train", "--config", "jobs/configs/quick.yaml", "--set", f"run.name={QUICK_RUN_NAME}",
         "--set", "optim.epochs=1", "--set", f"run.registered_model={QUICK_MODEL}", *TINY, *cifar10.overrides()[2:],
         # 16 steps a worker instead of 4: enough for predictions that depend on the image, so that an
         # attack on this model changes some of them (tests/jobs/evaluate/test_evaluate.py)
         "--set", "optim.batch_size=16",
+        # one 0.5-CPU worker on each 1-CPU node, the 0.5-CPU validation task beside one of them
+        "--set", "run.placement_strategy=STRICT_SPREAD",
     ]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]

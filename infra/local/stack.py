@@ -271,6 +271,11 @@ def ray_temp_dir(root: Path) -> Path:
     return short if len(str(short)) <= MAX_RAY_TEMP_DIR_LEN else Path("/tmp") / f"ssnn-ray-{digest}"
 
 
+def worker_temp_dir(root: Path, name: str) -> Path:
+    """Ray's --temp-dir for the worker node ``name`` started under ``root``."""
+    return ray_temp_dir(Path(root).resolve() / name)
+
+
 def _pid_file(root: Path, name: str) -> Path:
     return Path(root).resolve() / "run" / f"{name}.json"
 
@@ -400,14 +405,18 @@ def start_ray_head(root: Path, port: int, dashboard_port: int, host: str = "127.
 def start_ray_worker(root: Path, gcs_address: str, num_cpus: int, resources: dict | None = None,
                      timeout: float = 120.0, env: dict[str, str] | None = None,
                      object_store_memory: int | None = None, cwd: Path | None = None, wait: bool = True) -> Service:
-    """Join a second Ray node on this machine to the head at ``gcs_address`` (it shares the head's temp dir)."""
+    """Join a second Ray node on this machine to the head at ``gcs_address``, with a temp dir of its own
+    (:func:`worker_temp_dir`), as on a machine of its own: in the head's, its runtime-env agent deleted
+    the working dir a job submitted with ``--working-dir`` still ran in when its own workers ended."""
     root = Path(root).resolve()
     n = 1
     while (known := _load(root, f"{RAY_WORKER}-{n}")) is not None and alive(known):
         n += 1
-    cmd = [_executable("ray"), "start", "--address", gcs_address, *_ray_options(num_cpus, resources, object_store_memory)]
-    service = Service(f"{RAY_WORKER}-{n}", gcs_address, None, root / "logs" / f"{RAY_WORKER}-{n}.log",
-                      kind=RAY_WORKER, gcs_address=gcs_address)
+    name = f"{RAY_WORKER}-{n}"
+    worker_temp_dir(root, name).mkdir(parents=True, exist_ok=True)
+    cmd = [_executable("ray"), "start", "--address", gcs_address, "--temp-dir", str(worker_temp_dir(root, name)),
+           *_ray_options(num_cpus, resources, object_store_memory)]
+    service = Service(name, gcs_address, None, root / "logs" / f"{name}.log", kind=RAY_WORKER, gcs_address=gcs_address)
     return _spawn(root, service, cmd, _ray_env(env), Path(cwd) if cwd else REPO, wait, timeout)
 
 

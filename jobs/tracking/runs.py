@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 
 from stable_snn.config import ConfigError, dump_config
 
@@ -47,8 +48,13 @@ def experiment_id(client, name: str) -> str:
     table (``jobs.tracking.views``); a kind or view already there is left as it is."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        exp = client.get_experiment(client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
-    elif EXPERIMENT_KIND_TAG not in exp.tags:
+        try:
+            exp = client.get_experiment(client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+        except MlflowException as e:  # another job created it since we looked: use theirs
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise e
+    if EXPERIMENT_KIND_TAG not in exp.tags:
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     add_views(client, exp.experiment_id, exp.tags)
     return exp.experiment_id

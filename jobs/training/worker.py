@@ -15,6 +15,7 @@ from the latest registered checkpoint; a non-finite loss stops the run (``jobs.t
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,8 @@ def build_worker(cfg: JobConfig) -> Worker:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     use_reserved_cpus(cfg.run.cpus_per_worker)
+    log.info("rank %d of %d on %s: %d torch thread(s) for its %s reserved CPU(s) (OMP_NUM_THREADS=%s)", rank, world,
+             device, torch.get_num_threads(), cfg.run.cpus_per_worker, os.environ.get("OMP_NUM_THREADS", "unset"))
     splits = load_splits(cfg, augment=cfg.data.augment)
     p = build_parts(cfg, splits.train, world, rank, device, wrap=ray.train.torch.prepare_model)
     return Worker(cfg, rank, device, splits, p.model, p.forward, p.optimizer, p.scheduler, p.loader, p.generators,

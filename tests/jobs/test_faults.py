@@ -1,6 +1,6 @@
-"""Faults the jobs survive, each caused for real: a Ray Train worker killed with SIGKILL, the driver
-killed and relaunched, the MLflow server unreachable at the start or gone in the middle of a run, a
-Tune trial losing its worker, and a loss that becomes NaN.  The faults inside training workers are
+"""Faults the jobs survive, each caused for real: a Ray Train worker killed with SIGKILL (in a run on
+``s3://`` storage), the driver killed and relaunched, the MLflow server unreachable at the start or
+gone in the middle of a run, a Tune trial losing its worker, and a loss that becomes NaN.  The faults inside training workers are
 caused by a test-only fault plan (``jobs.training.faults.FaultPlan``) passed in the environment."""
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ import yaml
 
 from infra.local.stack import free_port, start_mlflow_server, stop
 from jobs.errors import CheckpointError
-from jobs.training.checkpoints import latest_registered_checkpoint, load_checkpoint
+from jobs.storage import read_text
+from jobs.training.checkpoints import (
+    latest_registered_checkpoint, list_checkpoints, load_checkpoint, load_checkpoint_at,
+)
 from jobs.training.faults import FAULT_PLAN_ENV
 from tests.fixtures_runs import child_runs
 from tests.jobs.helpers import QUICK, REPO, job_env
@@ -67,7 +70,7 @@ def _tail(log: Path | None, n: int = 6000) -> str:
     return log.read_text(errors="replace")[-n:] if log is not None and log.exists() else ""
 
 
-def _registered_epoch(storage: Path, name: str) -> int:
+def _registered_epoch(storage: Path | str, name: str) -> int:
     """The latest epoch whose checkpoint Ray Train has registered, 0 if none."""
     try:
         latest = latest_registered_checkpoint(str(storage), name)
@@ -130,32 +133,58 @@ def ray_env(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the state API client, like the jobs
 
 
-# -- 1. a Ray Train worker killed with SIGKILL in the middle of an epoch ------------------------
+# -- 1. a Ray Train worker killed with SIGKILL in the middle of an epoch, on s3:// storage -------
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_worker_sigkill_mid_epoch_resumes_into_same_run(tmp_path, mlflow_server, ray_head, cifar10, ray_env):
-    """SIGKILL to the live RayTrainWorker process in the middle of epoch 2 (the fault plan holds it
-    there and names its pid): new workers resume from the epoch-1 checkpoint, all epochs finish, one
-    MLflow run with each epoch logged once, one model version."""
-    name, storage, log = "fault-sigkill", tmp_path / "storage", tmp_path / "driver.log"
-    env = job_env(mlflow_server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
-    env[FAULT_PLAN_ENV] = json.dumps({"hold_at_epoch": 2})
-    proc = _start("jobs.train", _args(name, "--set", "optim.epochs=2", "--set", "run.max_failures=1",
-                                      "--set", "run.registered_model=test-fault-sigkill", cifar10=cifar10), env, log)
-    held = storage / name / ".held-epoch2"
+def test_worker_sigkill_mid_epoch_resumes_from_s3_storage_into_same_run(tmp_path, mlflow_server, ray_head, s3_server,
+                                                                       cifar10, ray_env, monkeypatch):
+    """A run submitted with ``ray job submit`` whose storage path is ``s3://`` (moto's S3 server standing in
+    for S3 or MinIO), as a cluster runs it. SIGKILL to the live RayTrainWorker process in the middle of
+    epoch 2 (the fault plan holds it there and names its pid in the bucket): new workers resume from the
+    epoch-1 checkpoint they read back from the bucket, all epochs finish, one MLflow run with each epoch
+    logged once, one model version, and a relaunch would find the latest checkpoint in the bucket."""
+    name, model, log = "fault-sigkill", "test-fault-sigkill", tmp_path / "submit.log"
+    storage = s3_server.uri("runs")
+    for key, value in s3_server.env.items():  # this process reads the bucket too
+        monkeypatch.setenv(key, value)
+    env_vars = {"MLFLOW_TRACKING_URI": mlflow_server.address, "STABLE_SNN_STORAGE_PATH": storage,
+                "STABLE_SNN_DATA_ROOT": str(cifar10.root), "RAY_AUTH_MODE": "disabled", **s3_server.env,
+                FAULT_PLAN_ENV: json.dumps({"hold_at_epoch": 2}),
+                "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}  # the driver hands the fault plan on to its job again
+    cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_head.address,
+           "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", "python", "-m", "jobs.train",
+           *_args(name, "--set", "optim.epochs=2", "--set", "run.max_failures=1",
+                  "--set", f"run.registered_model={model}", cifar10=cifar10)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        pid = int(_wait_for(lambda: held.is_file() and held.read_text().strip(), "rank 0 held in epoch 2", proc, log))
+        pid = int(_wait_for(lambda: read_text(f"{storage}/{name}/.held-epoch2"), "rank 0 held in epoch 2", proc, log))
         killed_at = _registered_epoch(storage, name)
         os.kill(pid, signal.SIGKILL)
         rc = proc.wait(timeout=900)
     finally:
         _kill_group(proc)
     out = _tail(log, 20000)
-    assert rc == 0, out
+    assert rc == 0 and "succeeded" in out.lower(), out
     assert killed_at == 1 and "waits here to be killed" in out
-    _assert_one_run_resumed_from(mlflow_server.address, storage, name, 1, "test-fault-sigkill")
+
+    # the checkpoints are in the bucket; the latest is what a relaunch would resume from
+    assert list_checkpoints(storage, name) == {e: f"{storage}/{name}/checkpoint_epoch_000{e}" for e in (1, 2)}
+    latest = latest_registered_checkpoint(storage, name)
+    assert latest == f"{storage}/{name}/checkpoint_epoch_0002"
+    state, cfg = load_checkpoint_at(latest)  # checksums verified on the copy read from the bucket
+    assert cfg.run.storage_path == storage
+    assert state["resumes"] == [1] and [h["epoch"] for h in state["history"]] == [1, 2]
+
+    client = _client(mlflow_server.address)
+    runs = _runs_named(client, name)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["selected_checkpoint"].startswith(f"{storage}/{name}/")
+    _assert_epochs_logged_once(client, runs[0].info.run_id, 2)
+    assert len(client.search_model_versions(f"name='{model}'")) == 1
     # the local stack's Ray starts Ray Train without its preemption watcher, for both worker groups
     assert _actors(ray_head.address, ("class_name", "=", "PreemptionWatcher")) == []
 

@@ -145,8 +145,9 @@ def stack_root(tmp_path):
     root = tmp_path / "stack"
     yield root
     ls.down(root)
-    if not ls.ray_temp_dir(root).is_relative_to(root.resolve()):
-        shutil.rmtree(ls.ray_temp_dir(root), ignore_errors=True)
+    for temp_dir in (ls.ray_temp_dir(root), ls.worker_temp_dir(root, f"{ls.RAY_WORKER}-1")):
+        if not temp_dir.is_relative_to(root.resolve()):
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
