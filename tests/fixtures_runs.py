@@ -2,9 +2,10 @@
 
 - ``quick_run`` -> :class:`QuickRun`: the quick preset submitted once per session with
   ``ray job submit`` (1 epoch of 16-image batches, the TINY data cut) to the session's two-node cluster
-  (``two_node_cluster``), its 2 workers placed ``STRICT_SPREAD``, one on each node, checkpointing into one
-  storage folder both nodes write to, logging to the session's MLflow server; its MLflow run,
-  checkpoints and the registered model ``test-quick@candidate``.
+  (``tests.fixtures_services.two_node_cluster``, stopped once the run is done), its 2 workers placed
+  ``STRICT_SPREAD``, one on each node, checkpointing into one storage folder both nodes write to,
+  logging to the session's MLflow server; its MLflow run, checkpoints, the registered model
+  ``test-quick@candidate``, and where its workers ran.
   Tests that read it must not change what others read: they may add aliases, tags or runs of
   their own names, never move ``candidate`` or delete anything.
 - ``rho_grid_search`` -> :class:`RhoGridSearch`: the shipped rho-grid (4 trials, 2 at a time) on a tiny
@@ -27,6 +28,7 @@ import pytest
 
 import yaml
 
+from tests.fixtures_services import HEAD_RESOURCE, WORKER_RESOURCE, two_node_cluster
 from tests.jobs.helpers import QUICK, REPO, TINY, job_env
 
 __all__ = ["QuickRun", "quick_run", "RhoGridSearch", "rho_grid_search", "SHARED_RUNS", "shared_run"]
@@ -46,6 +48,27 @@ QUICK_MODEL = "test-quick"
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a run's Ray Train workers ran, read from Ray's state API before its cluster stopped."""
+
+    nodes: dict[str, str]  # HEAD_RESOURCE / WORKER_RESOURCE -> the id of the node carrying it
+    workers: list  # the RayTrainWorker actors (``ray.util.state`` records; dead by then, still listed)
+
+
+def read_placement(address: str) -> Placement:
+    from ray.util.state import list_actors, list_nodes
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "disabled")  # for the state API client in this process
+        nodes = list_nodes(address=address, detail=True, timeout=60, raise_on_missing_output=False)
+        workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")], detail=True,
+                              timeout=60, raise_on_missing_output=False)
+    by_resource = {key: node.node_id for node in nodes for key in (HEAD_RESOURCE, WORKER_RESOURCE)
+                   if node.resources_total.get(key)}
+    return Placement(by_resource, workers)
+
+
+@dataclass(frozen=True)
 class QuickRun:
     """A finished ``jobs.train`` run of the quick preset, submitted with ``ray job submit``."""
 
@@ -55,6 +78,7 @@ class QuickRun:
     storage: Path  # STABLE_SNN_STORAGE_PATH of the run: checkpoints in storage / run_name
     env: dict  # the job environment it ran with
     output: subprocess.CompletedProcess
+    placement: Placement  # on the two-node cluster, stopped since
 
     @property
     def model_uri(self) -> str:
@@ -66,8 +90,9 @@ class QuickRun:
 
 
 @pytest.fixture(scope="session")
-def quick_run(tmp_path_factory, mlflow_server, two_node_cluster, cifar10) -> QuickRun:
-    storage = tmp_path_factory.mktemp("quick-run") / "storage"
+def quick_run(tmp_path_factory, mlflow_server, cifar10) -> QuickRun:
+    root = tmp_path_factory.mktemp("quick-run")
+    storage = root / "storage"
     env = job_env(mlflow_server.address, storage, cifar10.root)
     runtime_env = {"env_vars": {**{k: env[k] for k in
                                    ("MLFLOW_TRACKING_URI", "STABLE_SNN_STORAGE_PATH", "STABLE_SNN_DATA_ROOT", "RAY_AUTH_MODE")},
@@ -75,8 +100,7 @@ def quick_run(tmp_path_factory, mlflow_server, two_node_cluster, cifar10) -> Qui
                                 # as an image exporting OMP_NUM_THREADS=nproc does: each worker must still run
                                 # the threads of the CPUs it reserved (tests/jobs/test_threads.py)
                                 "OMP_NUM_THREADS": "2"}}
-    cmd = [
-        str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", two_node_cluster.head.address,
+    job = [
         "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
         "python", "-m", "jobs.train", "--config", "jobs/configs/quick.yaml", "--set", f"run.name={QUICK_RUN_NAME}",
         "--set", "optim.epochs=1", "--set", f"run.registered_model={QUICK_MODEL}", *TINY, *cifar10.overrides()[2:],
@@ -86,9 +110,12 @@ def quick_run(tmp_path_factory, mlflow_server, two_node_cluster, cifar10) -> Qui
         # one 0.5-CPU worker on each 1-CPU node, the 0.5-CPU validation task beside one of them
         "--set", "run.placement_strategy=STRICT_SPREAD",
     ]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    return QuickRun(mlflow_server.address, QUICK_RUN_NAME, QUICK_MODEL, storage, env, out)
+    with two_node_cluster(root / "cluster") as cluster:  # stopped once the run is done and its placement read
+        out = subprocess.run([str(Path(sys.executable).with_name("ray")), "job", "submit", "--address",
+                              cluster.head.address, *job], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+        placement = read_placement(cluster.head.address)
+    return QuickRun(mlflow_server.address, QUICK_RUN_NAME, QUICK_MODEL, storage, env, out, placement)
 
 
 SEARCH_NAME, SEARCH_EXPERIMENT, SEARCH_MODEL = "grid-test", "tune-search", "test-tune"

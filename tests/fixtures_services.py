@@ -20,14 +20,17 @@ here are stopped: other Ray instances on the host are left alone.
 - ``s3_server`` -> :class:`S3Server`: moto's standalone S3 server on 127.0.0.1 with one bucket;
   ``.env`` holds the ``AWS_*`` variables that point pyarrow (hence Ray Train and the jobs' storage
   code) at it, ``.uri(prefix)`` an ``s3://`` location in the bucket.
-- ``two_node_cluster`` -> :class:`TwoNodeCluster`: the local stand-in for a cluster, a Ray head and a
-  worker node started with ``ray start`` as separate processes, one CPU and one custom resource
-  (``node_head`` / ``node_worker``) each. The session's quick run trains on it (tests/fixtures_runs.py).
-- ``services_root`` -> ``Path``: the temporary root of this process's own services (the S3 server, the
-  two-node cluster): their stores and logs.
+- ``services_root`` -> ``Path``: the temporary root of this process's own services (the S3 server):
+  their stores and logs.
+
+And a context manager, ``two_node_cluster(root)`` -> :class:`TwoNodeCluster`: the local stand-in for a
+cluster, a Ray head and a worker node started with ``ray start`` as separate processes, one CPU and
+one custom resource (``node_head`` / ``node_worker``) each. The session's quick run trains on it
+(tests/fixtures_runs.py).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,7 +49,7 @@ from infra.local.stack import (
     wait_ready, worker_temp_dir,
 )
 
-__all__ = ["services_root", "mlflow_server", "ray_head", "S3Server", "s3_server", "TwoNodeCluster", "two_node_cluster"]
+__all__ = ["services_root", "mlflow_server", "ray_head", "S3Server", "s3_server"]
 
 
 @pytest.fixture(scope="session")
@@ -136,13 +139,13 @@ class TwoNodeCluster:
     worker: Service
 
 
-@pytest.fixture(scope="session")
-def two_node_cluster(services_root: Path) -> Iterator[TwoNodeCluster]:
-    """Start-up overlaps: the worker node is launched as soon as the head's GCS accepts connections
-    (``ray start --address`` then waits for the head's raylet itself). Every Ray process gets
-    ``RAY_ADDRESS`` of this cluster, so Ray's own state-API clients inside actors (Train's
-    placement-group cleaner) find it beside the session's other Ray head."""
-    root = services_root / "two-node"
+@contextlib.contextmanager
+def two_node_cluster(root: Path) -> Iterator[TwoNodeCluster]:
+    """Start both nodes under ``root``, stop them on the way out. Start-up overlaps: the worker node is
+    launched as soon as the head's GCS accepts connections (``ray start --address`` then waits for the
+    head's raylet itself). Every Ray process gets ``RAY_ADDRESS`` of this cluster, so Ray's own
+    state-API clients inside actors (Train's placement-group cleaner) find it beside the session's
+    other Ray head."""
     store = 128 * 1024**2  # object store per node: the jobs pass checkpoints through storage, not the object store
     started: list[Service] = []
     try:

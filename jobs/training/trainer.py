@@ -5,8 +5,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from ..config import JobConfig
-from .validation import validate_checkpoint
-from .worker import train_loop_per_worker
+from .remote import train_loop_per_worker, validate_checkpoint  # by reference: the controller stays light
 
 
 def build_trainer(cfg: JobConfig, run_id: str | None, tracking_uri: str | None, callbacks=None,

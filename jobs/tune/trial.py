@@ -8,7 +8,6 @@ from typing import Any
 
 from mlflow import MlflowClient
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from stable_snn.config import apply_overrides
 
@@ -17,7 +16,8 @@ from ..logs import setup_logging
 from ..tracking.connect import configure_client_retries
 from ..tracking.runs import experiment_id, find_run
 from ..training.driver import run_training
-from .space import SCORE, SEED_KEY, SearchSpace
+from .score import ScoreReportCallback, with_score
+from .space import SEED_KEY, SearchSpace
 
 log = logging.getLogger("stable_snn.tune")
 
@@ -41,26 +41,6 @@ def trial_config(space: SearchSpace, base: JobConfig, values: dict[str, Any], se
 def point_tag(values: dict[str, Any]) -> str:
     """The searched values of a trial without its seed, as the JSON the report groups by."""
     return json.dumps({k: v for k, v in values.items() if k != SEED_KEY}, sort_keys=True)
-
-
-def with_score(space: SearchSpace, metrics: dict) -> dict:
-    """``metrics`` plus the weighted objective (:data:`~jobs.tune.space.SCORE`) when the space has one
-    and the metrics it weighs are there."""
-    if not space.objective or any(k not in metrics for k in space.objective):
-        return metrics
-    return {**metrics, SCORE: space.score(metrics)}
-
-
-class ScoreReportCallback(TuneReportCallback):
-    """Ray Train -> Tune reporting that adds the space's weighted objective to every report, so
-    Tune's schedulers and searchers optimise what picks the registered trial."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        super().__init__()
-        self.space = space
-
-    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        super().after_report(run_context, [with_score(self.space, metrics[0]), *metrics[1:]], checkpoint)
 
 
 def trial(config: dict, base: dict, space: SearchSpace, search: str, parent_run_id: str, tracking_uri: str) -> None:

@@ -8,9 +8,10 @@ logging to the session's MLflow tracking server. What the run recorded (MLflow r
 registered model) is checked by the quick run's own tests (tests/jobs/train/test_train.py); this
 test checks where it ran.
 
-That the two workers really ran on different nodes is read from Ray's state API after the run: the
-``RayTrainWorker`` actors (dead by then, still listed) carry the id of the node they ran on, and the
-nodes are told apart by their custom resources (``node_head`` / ``node_worker``).
+That the two workers really ran on different nodes is read from Ray's state API after the run, before
+the cluster stops (``quick_run.placement``): the ``RayTrainWorker`` actors (dead by then, still listed)
+carry the id of the node they ran on, and the nodes are told apart by their custom resources
+(``node_head`` / ``node_worker``).
 """
 from __future__ import annotations
 
@@ -21,25 +22,9 @@ from tests.fixtures_services import HEAD_RESOURCE, WORKER_RESOURCE
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 
-def _placement(address: str) -> tuple[dict[str, str], list]:
-    """``{HEAD_RESOURCE: node id, WORKER_RESOURCE: node id}`` and the ``RayTrainWorker`` actors, from the state API."""
-    from ray.util.state import list_actors, list_nodes
-
-    nodes = list_nodes(address=address, detail=True, timeout=60, raise_on_missing_output=False)
-    by_resource = {}
-    for node in nodes:
-        for key in (HEAD_RESOURCE, WORKER_RESOURCE):
-            if node.resources_total.get(key):
-                by_resource[key] = node.node_id
-    actors = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")], detail=True,
-                         timeout=60, raise_on_missing_output=False)
-    return by_resource, actors
-
-
-def test_quick_job_on_two_node_cluster(quick_run, two_node_cluster, monkeypatch):
+def test_quick_job_on_two_node_cluster(quick_run):
     """Two Ray nodes, one Train worker of the quick run on each, its checkpoint in the storage both share."""
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # for the state API client in this process
-    nodes, actors = _placement(two_node_cluster.head.address)
+    nodes, actors = quick_run.placement.nodes, quick_run.placement.workers
 
     # the cluster had two nodes, told apart by their custom resources
     assert set(nodes) == {HEAD_RESOURCE, WORKER_RESOURCE} and len(set(nodes.values())) == 2, nodes

@@ -1,6 +1,7 @@
 """Faults the jobs survive, each caused for real: a Ray Train worker killed with SIGKILL (in a run on
 ``s3://`` storage), the driver killed and relaunched, the MLflow server unreachable at the start or
-gone in the middle of a run, a Tune trial losing its worker, and a loss that becomes NaN.  The faults inside training workers are
+gone in the middle of a run, and a loss that becomes NaN. A Tune trial that loses its worker is a
+scenario of the ASHA search (tests/jobs/tune/test_tune.py).  The faults inside training workers are
 caused by a test-only fault plan (``jobs.training.faults.FaultPlan``) passed in the environment."""
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from infra.local.stack import free_port, start_mlflow_server, stop
 from jobs.errors import CheckpointError
@@ -22,7 +22,6 @@ from jobs.training.checkpoints import (
     latest_registered_checkpoint, list_checkpoints, load_checkpoint, load_checkpoint_at,
 )
 from jobs.training.faults import FAULT_PLAN_ENV
-from tests.fixtures_runs import child_runs
 from tests.jobs.helpers import QUICK, REPO, job_env
 
 # Smaller than helpers.TINY: one worker, T=2, 8 steps of 32 images per epoch (a kill lands mid-epoch),
@@ -370,51 +369,6 @@ def test_mlflow_server_gone_mid_run_then_back(tmp_path, ray_head, cifar10, ray_e
     finally:
         _kill_group(proc)
         stop(restarted or server)
-
-
-# -- 4. a Tune trial loses its worker ------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(360)
-def test_tune_trial_worker_loss_resumes_and_search_completes(tmp_path, mlflow_server, ray_head, cifar10):
-    """Each of two trials loses its rank-0 worker in the middle of epoch 2 (the fault plan's crash_at_epoch): each
-    resumes from its epoch-1 checkpoint, and the search completes with one child run per trial whose
-    epochs are logged once."""
-    space = tmp_path / "fault-grid.yaml"
-    # both trials at once (one CPU each: driver, one worker, validation), so that their failures and
-    # resumptions overlap in time and share the storage path
-    space.write_text(yaml.safe_dump({"name": "fault-grid", "search": "grid", "max_concurrent_trials": 2,
-                                     "params": {"objective.rho": {"grid": [0.0, 1.0]}}}))
-    storage = tmp_path / "storage"
-    env = job_env(mlflow_server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
-    env[FAULT_PLAN_ENV] = json.dumps({"crash_at_epoch": 2})
-    args = ["--space", str(space), "--config", str(QUICK), "--name", "fault-grid", "--no-register", *TINY,
-            "--trial-cpus", "0.25", "--set", "run.num_workers=1", "--set", "run.cpus_per_worker=0.5",
-            "--set", "run.validation_cpus=0.25",
-            "--set", "optim.epochs=2", "--set", "run.max_failures=1",
-            *cifar10.overrides()[2:]]
-    out = subprocess.run([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=1200)
-    log = out.stdout + out.stderr
-    (tmp_path / "tune.log").write_text(log)
-    assert out.returncode == 0, log[-6000:]
-    assert log.count("fault plan crash_at_epoch=2: killing this worker") == 2
-    assert "Trial status:" in log  # the driver prints Tune's progress table
-
-    client = _client(mlflow_server.address)
-    parent = _runs_named(client, "fault-grid")
-    assert len(parent) == 1
-    children = child_runs(client, "stable-snn", parent[0].info.run_id)
-    assert len(children) == 2
-    first, second = sorted(children, key=lambda r: r.info.start_time)
-    assert second.info.start_time < first.info.end_time  # the two trials ran side by side
-    for child in children:
-        assert child.info.status == "FINISHED"
-        trial_run = child.data.tags["stable_snn.run_name"]
-        state, _ = load_checkpoint(storage / trial_run / "checkpoint_epoch_0002")
-        assert state["resumes"] == [1], trial_run
-        _assert_epochs_logged_once(client, child.info.run_id, 2)
 
 
 # -- 5. the loss becomes NaN ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 cluster and MLflow server (slow)."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import yaml
 from jobs.config import load_job_config
 from jobs.tune.__main__ import dry_run_lines, main as tune_main, reserved_trial_cpus
 from jobs.tune.search import param_space, tpe_samples
+from jobs.tune.score import with_score
 from jobs.tune.space import SCORE, SpaceError, expand_trials, load_space, parse_space
-from jobs.tune.trial import TRIAL_KEY, point_tag, trial_config, trial_values, with_score
+from jobs.tune.trial import TRIAL_KEY, point_tag, trial_config, trial_values
 from tests.fixtures_runs import child_runs
 from tests.jobs.helpers import QUICK, REPO, job_env
 
@@ -265,16 +267,24 @@ def test_rho_grid_interrupted_and_resumed(rho_grid_search):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_asha_stops_a_trial_whose_run_ends_with_what_it_reached(tmp_path, mlflow_server, ray_head, cifar10):
-    """A tiny two-trial grid under ASHA with a fixed block and a weighted objective: every child run
-    carries the fixed objective.mode=at_reg; the trial whose network never spikes (threshold 1e6,
-    a constant prediction) is stopped at its first rung by the weighted score Tune optimises, and its
-    child run ends KILLED with a stopped_early tag, the epoch-1 metrics it reached and its selected
-    checkpoint, and appears in the trials table; the finished trial is registered with its selection."""
+@pytest.mark.timeout(360)
+def test_asha_stops_a_trial_and_a_trial_that_loses_its_worker_resumes(tmp_path, mlflow_server, ray_head, cifar10):
+    """A tiny two-trial grid under ASHA with a fixed block and a weighted objective, run one trial at a
+    time, whose trials lose their rank-0 worker in the middle of epoch 2 (the fault plan's
+    crash_at_epoch). Every child run carries the fixed objective.mode=at_reg. The trial whose network
+    never spikes (threshold 1e6, a constant prediction) is stopped at its first rung by the weighted
+    score Tune optimises: its child run ends KILLED with a stopped_early tag, the epoch-1 metrics it
+    reached and its selected checkpoint, and appears in the trials table. The other trial loses its
+    worker in epoch 2, resumes from its own epoch-1 checkpoint, finishes with each epoch logged once
+    and is registered with its selection."""
     from mlflow import MlflowClient
 
-    env = job_env(mlflow_server.address, tmp_path / "storage", cifar10.root, ray_address=ray_head.gcs_address)
+    from jobs.training.checkpoints import load_checkpoint
+    from jobs.training.faults import FAULT_PLAN_ENV
+
+    storage = tmp_path / "storage"
+    env = job_env(mlflow_server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
+    env[FAULT_PLAN_ENV] = json.dumps({"crash_at_epoch": 2})
     space = {"name": "asha", "search": "grid", "scheduler": "asha", "max_concurrent_trials": 1,
              "objective": {"val_clean_acc": 1.0, "val_robust_acc": 0.25}, "fixed": {"objective.mode": "at_reg"},
              "points": [{"model.threshold": 0.5}, {"model.threshold": 1.0e6}], "params": {"run.seed": {"grid": [0]}}}
@@ -284,10 +294,14 @@ def test_asha_stops_a_trial_whose_run_ends_with_what_it_reached(tmp_path, mlflow
             # 16 steps an epoch and 64 validation images: the spiking trial's first epoch scores clearly
             # above the constant prediction's (about one image in ten, robust or not)
             "--set", "optim.batch_size=16", "--set", "validation.subset=64", "--set", "validation.batch_size=64",
-            *cifar10.overrides()[2:]]
+            "--set", "run.max_failures=1", *cifar10.overrides()[2:]]
     out = subprocess.run([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=600)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
+    log = out.stdout + out.stderr
+    (tmp_path / "tune.log").write_text(log)
+    assert out.returncode == 0, log[-6000:]
+    assert log.count("fault plan crash_at_epoch=2: killing this worker") == 1  # the trial that reached epoch 2
+    assert "Trial status:" in log  # the driver prints Tune's progress table
     client = MlflowClient(mlflow_server.address)
     exp = client.get_experiment_by_name("stable-snn")
     parent = client.search_runs([exp.experiment_id], filter_string="tags.`stable_snn.run_name` = 'asha-test'")[0]
@@ -301,6 +315,11 @@ def test_asha_stops_a_trial_whose_run_ends_with_what_it_reached(tmp_path, mlflow
     assert stopped.info.status == "KILLED" and stopped.data.tags.get("stopped_early") == "true", steps
     assert steps == {0.5: [1, 2], 1.0e6: [1]} and stopped.data.tags["selected_epoch"] == "1"
     assert finished.info.status == "FINISHED" and "stopped_early" not in finished.data.tags
+    # the worker lost in epoch 2: resumed from the trial's own epoch-1 checkpoint, each epoch logged once
+    state, _ = load_checkpoint(storage / finished.data.tags["stable_snn.run_name"] / "checkpoint_epoch_0002")
+    assert state["resumes"] == [1] and [h["epoch"] for h in state["history"]] == [1, 2]
+    for key in ("train_loss", "val_clean_acc"):
+        assert sorted(m.step for m in client.get_metric_history(finished.info.run_id, key)) == [1, 2], key
     table = (tmp_path / "trials.csv")
     client.download_artifacts(parent.info.run_id, "trials.csv", str(tmp_path))
     assert "True" in table.read_text() and stopped.data.tags["stable_snn.trial_id"] in table.read_text()
