@@ -1,6 +1,6 @@
 """Faults the jobs survive, each caused for real: a Ray Train worker killed with SIGKILL (in a run on
-``s3://`` storage), the driver killed and relaunched, the MLflow server unreachable at the start or
-gone in the middle of a run, and a loss that becomes NaN. A Tune trial that loses its worker is a
+``s3://`` storage), the MLflow server unreachable at the start, the MLflow server gone in the middle
+of a run and then the driver killed and relaunched (one run), and a loss that becomes NaN. A Tune trial that loses its worker is a
 scenario of the ASHA search (tests/jobs/tune/test_tune.py).  The faults inside training workers are
 caused by a test-only fault plan (``jobs.training.faults.FaultPlan``) passed in the environment."""
 from __future__ import annotations
@@ -114,19 +114,6 @@ def _assert_epochs_logged_once(client, run_id: str, epochs: int) -> None:
         assert _steps(client, run_id, key) == list(range(1, epochs + 1)), key
 
 
-def _assert_one_run_resumed_from(mlflow_uri: str, storage: Path, name: str, resumed_from: int, model: str) -> None:
-    """Two epochs, resumed once from ``resumed_from``: one finished MLflow run, each epoch logged once,
-    one model version."""
-    state, _ = load_checkpoint(storage / name / "checkpoint_epoch_0002")
-    assert state["resumes"] == [resumed_from]
-    assert [h["epoch"] for h in state["history"]] == [1, 2]
-    client = _client(mlflow_uri)
-    runs = _runs_named(client, name)
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    _assert_epochs_logged_once(client, runs[0].info.run_id, 2)
-    assert len(client.search_model_versions(f"name='{model}'")) == 1
-
-
 @pytest.fixture
 def ray_env(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the state API client, like the jobs
@@ -188,39 +175,7 @@ def test_worker_sigkill_mid_epoch_resumes_from_s3_storage_into_same_run(tmp_path
     assert _actors(ray_head.address, ("class_name", "=", "PreemptionWatcher")) == []
 
 
-# -- 2. the driver killed and started again ------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_driver_killed_and_relaunched_continues_same_run(tmp_path, mlflow_server, ray_head, cifar10, ray_env):
-    """SIGKILL to the driver's process group after epoch 1 is checkpointed: its Ray Train controller and
-    workers die with it; the same command started again continues from the checkpoint in the storage
-    path into the same MLflow run (no new run, no repeated epoch) and registers one version."""
-    name, storage = "fault-driver", tmp_path / "storage"
-    env = job_env(mlflow_server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
-    args = _args(name, "--set", "optim.epochs=2", "--set", "run.registered_model=test-fault-driver", cifar10=cifar10)
-    first = _start("jobs.train", args, env, tmp_path / "driver-1.log")
-    try:
-        _wait_for(lambda: _registered_epoch(storage, name) >= 1, "the epoch-1 checkpoint", first, tmp_path / "driver-1.log")
-    finally:
-        _kill_group(first)
-    old_job = json.loads((storage / name / "driver.json").read_text())["job_id"]
-    second = _start("jobs.train", args, env, tmp_path / "driver-2.log")  # at once: it must wait for the old actors
-    try:
-        t0 = time.monotonic()
-        _wait_for(lambda: not _train_actors(ray_head.address, old_job), "the killed driver's actors to stop", timeout=120)
-        gone_after = time.monotonic() - t0
-        resumed_from = _registered_epoch(storage, name)
-        rc = second.wait(timeout=900)
-    finally:
-        _kill_group(second)
-    out = _tail(tmp_path / "driver-2.log", 20000)
-    print(f"the killed driver's Train controller and workers were gone {gone_after:.1f} s after the kill")
-    assert rc == 0, out
-    assert "resuming MLflow run" in out
-    assert resumed_from >= 1
-    _assert_one_run_resumed_from(mlflow_server.address, storage, name, resumed_from, "test-fault-driver")
+# -- 2. a relaunch while the previous driver lives ---------------------------------------------
 
 
 # A driver of run "busy" on the test cluster: it claims the run (its lock, and driver.json), and
@@ -287,7 +242,7 @@ def test_relaunch_waits_for_a_live_previous_driver_then_refuses(tmp_path, ray_he
     assert json.loads((tmp_path / "busy" / "driver.json").read_text())["job_id"] not in ("", first_job)
 
 
-# -- 3. the MLflow server unreachable ------------------------------------------------------------
+# -- 3. the MLflow server unreachable, or gone mid-run and then the driver killed ---------------
 
 
 def test_unreachable_mlflow_at_start_fails_within_seconds(tmp_path):
@@ -332,46 +287,70 @@ def test_outbox_not_sent_before_deadline_fails_naming_uri_and_keeps_metrics(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_mlflow_server_gone_mid_run_then_back(tmp_path, ray_head, cifar10, ray_env):
-    """The tracking server stops after epoch 1 is logged: training and checkpointing go on, the epochs'
-    metrics wait in the outbox, and reach the server once it is back on the same port and store; the
-    job completes with every epoch logged exactly once."""
-    name, storage, log = "fault-mlflow", tmp_path / "storage", tmp_path / "driver.log"
+@pytest.mark.timeout(360)
+def test_mlflow_gone_then_driver_killed_and_relaunched_continues_same_run(tmp_path, ray_head, cifar10, ray_env):
+    """Two faults in one run of three epochs. The tracking server stops after epoch 1 is logged: training
+    and checkpointing go on and epoch 2's metrics wait in the outbox. Then the driver's process group is
+    killed (SIGKILL) in the middle of epoch 3 (the fault plan holds rank 0 there), epoch 2 checkpointed:
+    its Ray Train controller and workers die with it.
+    The server comes back on the same port and store, and the same command started again waits for the
+    old actors to stop, continues from the checkpoint in the storage path into the same MLflow run
+    (no new run, no repeated epoch), sends the parked metrics, and registers one version: every epoch
+    logged exactly once."""
+    name, storage, model = "fault-mlflow-driver", tmp_path / "storage", "test-fault-mlflow-driver"
     port = free_port()
     server = start_mlflow_server(tmp_path / "mlflow", port)
     restarted = None
     env = job_env(server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
     env["STABLE_SNN_OUTBOX_DEADLINE_S"] = "600"
-    proc = _start("jobs.train", _args(name, "--set", "optim.epochs=3", "--set", "run.registered_model=test-fault-mlflow",
-                                      cifar10=cifar10), env, log)
+    env[FAULT_PLAN_ENV] = json.dumps({"hold_at_epoch": 3})  # the kill lands in epoch 3, whatever the machine's speed
+    args = _args(name, "--set", "optim.epochs=3", "--set", f"run.registered_model={model}", cifar10=cifar10)
+    first = _start("jobs.train", args, env, tmp_path / "driver-1.log")
     client = _client(server.address)
     outbox = storage / name / "mlflow-outbox"
+    second = None
     try:
         def epoch_1_logged():
             runs = _runs_named(client, name)
             return runs and 1 in _steps(client, runs[0].info.run_id, "val_robust_acc") and runs[0].info.run_id
 
-        run_id = _wait_for(epoch_1_logged, "epoch 1's metrics in MLflow", proc, log)
+        run_id = _wait_for(epoch_1_logged, "epoch 1's metrics in MLflow", first, tmp_path / "driver-1.log")
         stop(server)
-        _wait_for(lambda: list(outbox.glob("*.json")), "metrics parked in the outbox", proc, log)
-        _wait_for(lambda: _registered_epoch(storage, name) >= 2, "a checkpoint written during the outage", proc, log)
+        _wait_for(lambda: list(outbox.glob("*.json")), "metrics parked in the outbox", first, tmp_path / "driver-1.log")
+        _wait_for(lambda: (storage / name / ".held-epoch3").is_file(), "rank 0 held in epoch 3", first,
+                  tmp_path / "driver-1.log")
+        _wait_for(lambda: _registered_epoch(storage, name) >= 2, "a checkpoint written during the outage", first,
+                  tmp_path / "driver-1.log")
+        _kill_group(first)
+        assert "metrics kept for retry" in _tail(tmp_path / "driver-1.log", 20000)
+        old_job = json.loads((storage / name / "driver.json").read_text())["job_id"]
         restarted = start_mlflow_server(tmp_path / "mlflow", port)
-        rc = proc.wait(timeout=900)
-        out = _tail(log, 20000)
+        second = _start("jobs.train", args, env, tmp_path / "driver-2.log")  # at once: it must wait for the old actors
+        t0 = time.monotonic()
+        _wait_for(lambda: not _train_actors(ray_head.address, old_job), "the killed driver's actors to stop", timeout=120)
+        gone_after = time.monotonic() - t0
+        resumed_from = _registered_epoch(storage, name)
+        rc = second.wait(timeout=900)
+        out = _tail(tmp_path / "driver-2.log", 20000)
+        print(f"the killed driver's Train controller and workers were gone {gone_after:.1f} s after the kill")
         assert rc == 0, out
-        assert "metrics kept for retry" in out
+        assert "resuming MLflow run" in out
+        assert resumed_from == 2
         assert not list(outbox.glob("*.json"))
+        state, _ = load_checkpoint(storage / name / "checkpoint_epoch_0003")
+        assert state["resumes"] == [resumed_from] and [h["epoch"] for h in state["history"]] == [1, 2, 3]
         runs = _runs_named(client, name)
         assert len(runs) == 1 and runs[0].info.run_id == run_id and runs[0].info.status == "FINISHED"
         _assert_epochs_logged_once(client, run_id, 3)
-        assert len(client.search_model_versions("name='test-fault-mlflow'")) == 1
+        assert len(client.search_model_versions(f"name='{model}'")) == 1
     finally:
-        _kill_group(proc)
+        _kill_group(first)
+        if second is not None:
+            _kill_group(second)
         stop(restarted or server)
 
 
-# -- 5. the loss becomes NaN ---------------------------------------------------------------------
+# -- 4. the loss becomes NaN ---------------------------------------------------------------------
 
 
 @pytest.mark.slow
