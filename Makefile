@@ -52,8 +52,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # The whole suite on pytest-xdist workers, one per core up to four: the slow tests first, each group of
-# tests that reads one session-wide run on one worker (tests/conftest.py), then the unit tests. Each
-# worker starts its own Ray head and MLflow server when its tests need them.
+# tests that reads one session-wide run on one worker (tests/conftest.py), then the unit tests. The
+# workers share one Ray head and one MLflow server, started when a test first needs them.
 PYTEST := STABLE_SNN_CIFAR10_PARQUET=$(OFFLINE_CIFAR10) $(PY) -m pytest
 
 test: $(STAMP)

@@ -69,8 +69,8 @@ def pytest_collection_modifyitems(config, items):
     workers (``--dist loadgroup``). The slow tests come first, so that the many short unit tests
     fill the workers' last minutes instead of one long test running alone at the end; and the slow
     tests that read one session-wide run (``tests.fixtures_runs.SHARED_RUNS``) form one group (``xdist_group``), run by one worker.
-    Each worker starts its own Ray head and MLflow server when one of its tests needs them: while
-    one worker's test waits on a service, the other's uses the cores.
+    The workers share one Ray head and one MLflow server (tests/fixtures_services.py): while one
+    worker's test waits on a service or a process starting, the other's uses the cores.
 
     Every slow test states its own time limit (``@pytest.mark.timeout(seconds)``, about three times
     what it takes on a 2-core machine), so a hang fails within minutes and names the test; the fast
