@@ -13,4 +13,3 @@ def test_the_lock_actors_module_imports_neither_torch_nor_the_config():
              "print(sorted(m for m in ('torch', 'torchvision', 'mlflow', 'jobs.config') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
