@@ -74,7 +74,7 @@ def ray_head(tmp_path_factory) -> Iterator[Service]:
                               env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
 
     yield from _shared(tmp_path_factory, "ray-head", start,
-                       clean=lambda root: _remove_short_temp_dir(root, ray_temp_dir(root)))
+                       clean=remove_ray_temp_dirs)
 
 
 def _shared(tmp_path_factory, name: str, start: Callable[[Path], Service],
@@ -120,11 +120,13 @@ def _shared(tmp_path_factory, name: str, start: Callable[[Path], Service],
             record.write_text(json.dumps(state))
 
 
-def _remove_short_temp_dir(root: Path, temp_dir: Path) -> None:
-    if not temp_dir.is_relative_to(root.resolve()):
-        # Too long a root for Unix sockets: Ray's session went to a short folder in the system
-        # temp dir, which pytest's own clean-up would never reach.
-        shutil.rmtree(temp_dir, ignore_errors=True)
+def remove_ray_temp_dirs(root: Path, worker_names=()) -> None:
+    """Remove the Ray temp dirs of the head and the named worker nodes started under ``root`` that went to a
+    short folder in the system temp dir (too long a root for Unix sockets), which pytest's own clean-up
+    would never reach."""
+    for temp_dir in (ray_temp_dir(root), *(worker_temp_dir(root, name) for name in worker_names)):
+        if not temp_dir.is_relative_to(Path(root).resolve()):
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 HEAD_RESOURCE, WORKER_RESOURCE = "node_head", "node_worker"
@@ -165,8 +167,7 @@ def two_node_cluster(root: Path) -> Iterator[TwoNodeCluster]:
         yield TwoNodeCluster(wait_ready(head), wait_ready(worker))
     finally:
         stop_all(started[::-1])
-        for temp_dir in (ray_temp_dir(root), *(worker_temp_dir(root, s.name) for s in started[1:])):
-            _remove_short_temp_dir(root, temp_dir)
+        remove_ray_temp_dirs(root, [s.name for s in started[1:]])
 
 
 @dataclass(frozen=True)

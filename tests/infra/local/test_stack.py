@@ -4,7 +4,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from infra.local import stack as ls
+from tests.fixtures_services import remove_ray_temp_dirs
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -145,9 +145,7 @@ def stack_root(tmp_path):
     root = tmp_path / "stack"
     yield root
     ls.down(root)
-    for temp_dir in (ls.ray_temp_dir(root), ls.worker_temp_dir(root, f"{ls.RAY_WORKER}-1")):
-        if not temp_dir.is_relative_to(root.resolve()):
-            shutil.rmtree(temp_dir, ignore_errors=True)
+    remove_ray_temp_dirs(root, [f"{ls.RAY_WORKER}-1"])
 
 
 @pytest.mark.slow
