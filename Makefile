@@ -27,12 +27,13 @@ PYTEST_ARGS    ?=
 
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: help venv test test-fast demo stop stack-up stack-status benchmark benchmark-gpu gpu-epoch gpu-check figures ui-check clean
+.PHONY: help venv lock test test-fast demo stop stack-up stack-status benchmark benchmark-gpu gpu-epoch gpu-check figures ui-check clean
 
 help:
 	@echo "make demo       local Ray head + MLflow server, quick training job, registration, attack evaluation"
 	@echo "make test       the whole test suite (unit + slow integration tests)"
 	@echo "make test-fast  unit tests only (-m 'not slow')"
+	@echo "make lock       re-resolve pyproject.toml into infra/local/environment.lock (after changing a pin)"
 	@echo "make stop       stop the local Ray head and MLflow server"
 	@echo "make benchmark  the training step as a quick-preset worker runs it vs the reference path (VGG5, T=8, batch 32)"
 	@echo "make benchmark-gpu  the same on CUDA for VGG11, T=8, batch 64 in the paper presets' settings, then PGD-10"
@@ -40,16 +41,24 @@ help:
 	@echo "make gpu-check  benchmark-gpu then gpu-epoch, dated, into gpu-check.log"
 	@echo "make ui-check   a tiny search and an evaluation, their MLflow views rendered in headless Chromium"
 
+# The versions of infra/local/environment.lock, installed by two pip processes at once on the platform the
+# lock was made on (the CUDA torch stack and the rest), or pyproject.toml resolved elsewhere; then pip check.
 # pip byte-compiles what it installs: without it (--no-compile), where PYTHONDONTWRITEBYTECODE is set every
 # Python process, each Ray worker included, compiles torch, Ray and MLflow from source at import (make test
 # took 1,025 s instead of about 620 s on 2 cores).
-$(STAMP): pyproject.toml
+LOCK := infra/local/environment.lock
+
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON_BIN) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m infra.local.environment install
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# After changing a pin in pyproject.toml: resolve it in a scratch venv and write what it installs to the lock.
+lock:
+	$(PYTHON_BIN) -m infra.local.environment lock
 
 # The whole suite on pytest-xdist workers, one per core up to four: the slow tests first, each group of
 # tests that reads one session-wide run on one worker (tests/conftest.py), then the unit tests. The

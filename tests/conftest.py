@@ -14,6 +14,8 @@ use_passive_openmp()  # before torch loads OpenMP, here and in every process the
 from tests.fixtures_runs import shared_run  # noqa: E402
 from tests.threads import torch_threads  # noqa: E402  (imports torch)
 
+SERVICES = {"ray_head", "mlflow_server"}  # the session's services (tests/fixtures_services.py)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -80,6 +82,11 @@ def pytest_collection_modifyitems(config, items):
     missing = [item.nodeid for item in items if item.get_closest_marker("slow") and not item.get_closest_marker("timeout")]
     if missing:
         raise pytest.UsageError("slow tests without @pytest.mark.timeout(seconds):\n  " + "\n  ".join(missing))
+    unmarked = [item.nodeid for item in items if not item.get_closest_marker("slow") and
+                (shared_run(item) or SERVICES & set(getattr(item, "fixturenames", ())))]
+    if unmarked:  # `make test-fast` (-m "not slow") would start services or train for them
+        raise pytest.UsageError("tests reading a session-wide run or a service without @pytest.mark.slow:\n  "
+                                + "\n  ".join(unmarked))
     for item in items:
         if (run := shared_run(item)) is not None:
             item.add_marker(pytest.mark.xdist_group(run))

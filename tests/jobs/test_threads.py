@@ -32,6 +32,8 @@ def test_an_evaluation_actor_uses_the_cpus_it_reserved():
         assert worker.threads == torch.get_num_threads() == 2
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(30)
 def test_each_training_worker_runs_the_threads_it_reserved(quick_run):
     """Each 0.5-CPU training worker of the session's quick run (two workers, one on each of two 1-CPU nodes)
     runs one torch thread, although the environment the workers inherit asks OpenMP for two (as an
