@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+import yaml
+
 from tests.fixtures_services import HEAD_RESOURCE, WORKER_RESOURCE, two_node_cluster
 from tests.jobs.helpers import QUICK, REPO, TINY, job_env
 
@@ -138,6 +140,7 @@ class RhoGridSearch:
     finished_at_kill: dict  # child run id -> end time, of the trials finished when the first driver was killed
     resumed: subprocess.CompletedProcess  # the ``--resume`` invocation
     env: dict
+    grid: list[float]  # the values of objective.rho searched, one trial each
 
     def children(self, client) -> list:
         return child_runs(client, self.experiment, self.parent_run_id)
@@ -154,10 +157,14 @@ def rho_grid_search(tmp_path_factory, mlflow_server, ray_head, cifar10) -> RhoGr
 
     root = tmp_path_factory.mktemp("rho-grid-search")
     env = job_env(mlflow_server.address, root / "storage", cifar10.root, ray_address=ray_head.gcs_address)
-    # the shipped grid as it is: one trial at a time, so that the kill after the second finished trial
-    # interrupts one trial (a quarter CPU for each trial's driver and validation)
-    space = REPO / "tune_spaces" / "rho-grid.yaml"
-    args = ["--space", str(space), "--config", str(QUICK), "--name", SEARCH_NAME, *SEARCH_TRIAL,
+    # the shipped space on three of its rho values, two trials at a time (a quarter CPU for each trial's
+    # driver and validation): killed after two finished, the third is interrupted and run again
+    space = yaml.safe_load((REPO / "tune_spaces" / "rho-grid.yaml").read_text())
+    grid = [0.0, 1.0, 2.0]
+    assert set(grid) < set(space["params"]["objective.rho"]["grid"])
+    space |= {"max_concurrent_trials": 2, "params": {"objective.rho": {"grid": grid}}}
+    (root / "rho-grid.yaml").write_text(yaml.safe_dump(space))
+    args = ["--space", str(root / "rho-grid.yaml"), "--config", str(QUICK), "--name", SEARCH_NAME, *SEARCH_TRIAL,
             "--trial-cpus", "0.25", *cifar10.overrides()[2:]]
     client = MlflowClient(mlflow_server.address)
     proc = subprocess.Popen([sys.executable, "-m", "jobs.tune", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -187,4 +194,4 @@ def rho_grid_search(tmp_path_factory, mlflow_server, ray_head, cifar10) -> RhoGr
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-6000:]
     return RhoGridSearch(mlflow_server.address, SEARCH_EXPERIMENT, parent, SEARCH_MODEL, proc.returncode, finished,
-                         resumed, env)
+                         resumed, env, grid)

@@ -110,7 +110,7 @@ def text_of(dom: str) -> str:
 
 @pytest.fixture(scope="module")
 def search(rho_grid_search, cifar10):
-    """The session's rho-grid search (4 trials, interrupted and resumed) and an evaluation of its best
+    """The session's rho-grid search (3 trials, interrupted and resumed) and an evaluation of its best
     trial in the search's experiment, run as a user would."""
     from mlflow import MlflowClient
 
@@ -126,7 +126,7 @@ def search(rho_grid_search, cifar10):
     runs = client.search_runs([exp_id])
     trials = rho_grid_search.children(client)
     evaluations = [r for r in runs if r.data.tags.get("stable_snn.job") == "evaluate"]
-    assert len(trials) == 4 and len(evaluations) == 1
+    assert len(trials) == len(rho_grid_search.grid) and len(evaluations) == 1
     return uri, exp_id, trials, evaluations[0]
 
 
