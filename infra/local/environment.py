@@ -80,9 +80,10 @@ def read_lock(path: Path = LOCK) -> tuple[str, dict[str, str]]:
 
 def install_groups(pins: dict[str, str]) -> list[list[str]]:
     """The lock's pins split for two concurrent ``pip install --no-deps``: the torch stack, the rest."""
-    torch_stack = [f"{n}=={v}" for n, v in sorted(pins.items()) if TORCH_STACK.match(n)]
-    rest = [f"{n}=={v}" for n, v in sorted(pins.items()) if not TORCH_STACK.match(n)]
-    return [group for group in (torch_stack, rest) if group]
+    groups: tuple[list[str], list[str]] = ([], [])
+    for name, version in sorted(pins.items()):
+        groups[TORCH_STACK.match(name) is None].append(f"{name}=={version}")
+    return [group for group in groups if group]
 
 
 def pip(python: str, *args: str) -> list[str]:
@@ -107,9 +108,9 @@ def install(python: str = sys.executable, lock: Path = LOCK) -> None:
     else:
         print(f"{lock.name} is for {tag}, this is {platform_tag()}: resolving pyproject.toml", flush=True)
     running = [subprocess.Popen(command) for command in concurrent]
-    failed = [" ".join(p.args[:8]) + " ..." for p in running if p.wait() != 0]
+    failed = [process.args for process in running if process.wait() != 0]
     if failed:
-        sys.exit(f"failed: {failed}")
+        sys.exit("failed: " + "; ".join(" ".join(command[:8]) + " ..." for command in failed))
     for command in in_order:
         subprocess.run(command, check=True)
 
