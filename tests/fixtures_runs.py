@@ -8,7 +8,7 @@
   ``test-quick@candidate``, and where its workers ran.
   Tests that read it must not change what others read: they may add aliases, tags or runs of
   their own names, never move ``candidate`` or delete anything.
-- ``rho_grid_search`` -> :class:`RhoGridSearch`: the shipped rho-grid (4 trials, 2 at a time) on a tiny
+- ``rho_grid_search`` -> :class:`RhoGridSearch`: the shipped rho-grid space on three of its values (3 trials, 2 at a time) on a tiny
   preset, killed once two trials have finished and resumed with ``--resume``; its trials are in the
   experiment ``tune-search`` and its best trial is registered as ``test-tune@candidate``.  The Tune
   resume test checks the search; the MLflow UI check renders it (and adds one evaluation run).

@@ -73,8 +73,7 @@ def ray_head(tmp_path_factory) -> Iterator[Service]:
         return start_ray_head(root, port, free_port(), num_cpus=(os.cpu_count() or 1) * workers,
                               env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
 
-    yield from _shared(tmp_path_factory, "ray-head", start,
-                       clean=remove_ray_temp_dirs)
+    yield from _shared(tmp_path_factory, "ray-head", start, clean=remove_ray_temp_dirs)
 
 
 def _shared(tmp_path_factory, name: str, start: Callable[[Path], Service],

@@ -300,6 +300,7 @@ def test_mlflow_gone_then_driver_killed_and_relaunched_continues_same_run(tmp_pa
     (no new run, no repeated epoch), sends the parked metrics, and registers one version: every epoch
     logged exactly once."""
     name, storage, model = "fault-mlflow-driver", tmp_path / "storage", "test-fault-mlflow-driver"
+    log1, log2 = tmp_path / "driver-1.log", tmp_path / "driver-2.log"
     port = free_port()
     server = start_mlflow_server(tmp_path / "mlflow", port)
     restarted = None
@@ -307,7 +308,7 @@ def test_mlflow_gone_then_driver_killed_and_relaunched_continues_same_run(tmp_pa
     env["STABLE_SNN_OUTBOX_DEADLINE_S"] = "600"
     env[FAULT_PLAN_ENV] = json.dumps({"hold_at_epoch": 3})  # the kill lands in epoch 3, whatever the machine's speed
     args = _args(name, "--set", "optim.epochs=3", "--set", f"run.registered_model={model}", cifar10=cifar10)
-    first = _start("jobs.train", args, env, tmp_path / "driver-1.log")
+    first = _start("jobs.train", args, env, log1)
     client = _client(server.address)
     outbox = storage / name / "mlflow-outbox"
     second = None
@@ -316,29 +317,26 @@ def test_mlflow_gone_then_driver_killed_and_relaunched_continues_same_run(tmp_pa
             runs = _runs_named(client, name)
             return runs and 1 in _steps(client, runs[0].info.run_id, "val_robust_acc") and runs[0].info.run_id
 
-        run_id = _wait_for(epoch_1_logged, "epoch 1's metrics in MLflow", first, tmp_path / "driver-1.log")
+        run_id = _wait_for(epoch_1_logged, "epoch 1's metrics in MLflow", first, log1)
         stop(server)
-        _wait_for(lambda: list(outbox.glob("*.json")), "metrics parked in the outbox", first, tmp_path / "driver-1.log")
-        _wait_for(lambda: (storage / name / ".held-epoch3").is_file(), "rank 0 held in epoch 3", first,
-                  tmp_path / "driver-1.log")
-        _wait_for(lambda: _registered_epoch(storage, name) >= 2, "a checkpoint written during the outage", first,
-                  tmp_path / "driver-1.log")
+        _wait_for(lambda: list(outbox.glob("*.json")), "metrics parked in the outbox", first, log1)
+        _wait_for(lambda: (storage / name / ".held-epoch3").is_file(), "rank 0 held in epoch 3", first, log1)
+        _wait_for(lambda: _registered_epoch(storage, name) >= 2, "a checkpoint written during the outage", first, log1)
         # the worker warns before it parks the metrics; Ray forwards the warning to the driver's output later
-        _wait_for(lambda: "metrics kept for retry" in _tail(tmp_path / "driver-1.log", None),
-                  "the worker's 'metrics kept for retry' in the driver's output", first, tmp_path / "driver-1.log",
-                  timeout=60)
+        _wait_for(lambda: "metrics kept for retry" in _tail(log1, None),
+                  "the worker's 'metrics kept for retry' in the driver's output", first, log1, timeout=60)
         _kill_group(first)
         old_job = json.loads((storage / name / "driver.json").read_text())["job_id"]
         restarted = start_mlflow_server(tmp_path / "mlflow", port)
-        second = _start("jobs.train", args, env, tmp_path / "driver-2.log")  # at once: it must wait for the old actors
+        second = _start("jobs.train", args, env, log2)  # at once: it must wait for the old actors
         t0 = time.monotonic()
         _wait_for(lambda: not _train_actors(ray_head.address, old_job), "the killed driver's actors to stop", timeout=120)
         gone_after = time.monotonic() - t0
         resumed_from = _registered_epoch(storage, name)
         rc = second.wait(timeout=900)
-        out = _tail(tmp_path / "driver-2.log", 20000)
+        out = _tail(log2, None)
         print(f"the killed driver's Train controller and workers were gone {gone_after:.1f} s after the kill")
-        assert rc == 0, out
+        assert rc == 0, out[-6000:]
         assert "resuming MLflow run" in out
         assert resumed_from == 2
         assert not list(outbox.glob("*.json"))
