@@ -10,8 +10,9 @@ is refused before any compute.
 into the environment variable ``STABLE_SNN_TEST_FAULT_PLAN`` of the driver it starts, e.g.
 ``{"crash_at_epoch": 2}`` (rank 0 dies once, with ``os._exit``, in the middle of epoch 2) or
 ``{"nan_at_epoch": 2}`` (from the middle of epoch 2 on the loss is NaN, on every rank and retry) or
-``{"hold_at_epoch": 2}`` (rank 0 writes its pid to ``.held-epoch2`` in the run's folder in the middle
-of epoch 2 and waits there, once, so that a test kills it at a known point).
+``{"hold_at_epochs": [2]}`` (rank 0 writes its pid to ``.held-epoch2`` in the run's folder in the middle
+of epoch 2 and waits there, once, so that a test acts at a known point: it kills the process, or lets it
+train on by writing ``release`` into that file (:func:`release_hold`)).
 The driver hands the variable on to its Ray job (:func:`fault_plan_env`), so the Train workers
 of the run, and of every Tune trial, read the same plan.
 """
@@ -37,7 +38,9 @@ log = logging.getLogger("stable_snn.train")
 FAULT_PLAN_ENV = "STABLE_SNN_TEST_FAULT_PLAN"
 CRASH_EXIT_STATUS = 17
 HOLD_S = 600
-"""How long ``hold_at_epoch`` keeps rank 0 waiting (for the test to kill it) before it trains on."""
+"""How long a hold keeps rank 0 waiting (for the test to kill or release it) before it trains on."""
+RELEASE = "release"
+"""What a test writes into a hold's marker file to let the held process train on."""
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,18 @@ class FaultPlan:
 
     crash_at_epoch: int | None = None
     nan_at_epoch: int | None = None
-    hold_at_epoch: int | None = None
+    hold_at_epochs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.hold_at_epochs, (list, tuple)):
+            raise ValueError(f"{FAULT_PLAN_ENV}: hold_at_epochs={self.hold_at_epochs!r} is invalid: "
+                             "allowed a list of integers >= 1")
+        object.__setattr__(self, "hold_at_epochs", tuple(self.hold_at_epochs))
         for name, value in asdict(self).items():
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{FAULT_PLAN_ENV}: {name}={value!r} is invalid: allowed an integer >= 1")
+            for v in value if isinstance(value, tuple) else [value]:
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                    raise ValueError(f"{FAULT_PLAN_ENV}: {name}={value!r} is invalid: allowed "
+                                     f"{'a list of integers' if isinstance(value, tuple) else 'an integer'} >= 1")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> FaultPlan:
@@ -73,16 +82,23 @@ class FaultPlan:
                 write_text(marker, "1")
                 log.warning("fault plan crash_at_epoch=%d: killing this worker in the middle of the epoch", epoch)
                 os._exit(CRASH_EXIT_STATUS)
-        if self.hold_at_epoch == epoch and rank == 0:
+        if epoch in self.hold_at_epochs and rank == 0:
             marker = f"{run_dir}/.held-epoch{epoch}"  # once: the restarted worker trains on
             if read_text(marker) is None:
                 write_text(marker, str(os.getpid()))
-                log.warning("fault plan hold_at_epoch=%d: pid %d waits here to be killed", epoch, os.getpid())
-                time.sleep(HOLD_S)
+                log.warning("fault plan hold at epoch %d: pid %d waits here to be killed or released", epoch, os.getpid())
+                deadline = time.monotonic() + HOLD_S
+                while read_text(marker) != RELEASE and time.monotonic() < deadline:
+                    time.sleep(0.2)
         if self.nan_at_epoch == epoch:
             log.warning("fault plan nan_at_epoch=%d: putting a NaN into the classifier", epoch)
             with torch.no_grad():
                 list(model.parameters())[-1].view(-1)[0] = float("nan")
+
+
+def release_hold(run_dir: str | os.PathLike, epoch: int) -> None:
+    """Let rank 0, held in ``epoch`` by the fault plan, train on."""
+    write_text(f"{run_dir}/.held-epoch{epoch}", RELEASE)
 
 
 def fault_plan_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

@@ -21,7 +21,7 @@ from jobs.storage import read_text
 from jobs.training.checkpoints import (
     latest_registered_checkpoint, list_checkpoints, load_checkpoint, load_checkpoint_at,
 )
-from jobs.training.faults import FAULT_PLAN_ENV
+from jobs.training.faults import FAULT_PLAN_ENV, release_hold
 from tests.jobs.helpers import QUICK, REPO, job_env
 
 # Smaller than helpers.TINY: one worker, T=2, 8 steps of 32 images per epoch (a kill lands mid-epoch),
@@ -139,7 +139,7 @@ def test_worker_sigkill_mid_epoch_resumes_from_s3_storage_into_same_run(tmp_path
         monkeypatch.setenv(key, value)
     env_vars = {"MLFLOW_TRACKING_URI": mlflow_server.address, "STABLE_SNN_STORAGE_PATH": storage,
                 "STABLE_SNN_DATA_ROOT": str(cifar10.root), "RAY_AUTH_MODE": "disabled", **s3_server.env,
-                FAULT_PLAN_ENV: json.dumps({"hold_at_epoch": 2}),
+                FAULT_PLAN_ENV: json.dumps({"hold_at_epochs": [2]}),
                 "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}  # the driver hands the fault plan on to its job again
     cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_head.address,
            "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", "python", "-m", "jobs.train",
@@ -157,7 +157,7 @@ def test_worker_sigkill_mid_epoch_resumes_from_s3_storage_into_same_run(tmp_path
         _kill_group(proc)
     out = _tail(log, None)
     assert rc == 0 and "succeeded" in out.lower(), out[-6000:]
-    assert killed_at == 1 and "waits here to be killed" in out
+    assert killed_at == 1 and "waits here to be killed or released" in out
 
     # the checkpoints are in the bucket; the latest is what a relaunch would resume from
     assert list_checkpoints(storage, name) == {e: f"{storage}/{name}/checkpoint_epoch_000{e}" for e in (1, 2)}
@@ -291,8 +291,9 @@ def test_outbox_not_sent_before_deadline_fails_naming_uri_and_keeps_metrics(tmp_
 @pytest.mark.slow
 @pytest.mark.timeout(360)
 def test_mlflow_gone_then_driver_killed_and_relaunched_continues_same_run(tmp_path, ray_head, cifar10, ray_env):
-    """Two faults in one run of three epochs. The tracking server stops after epoch 1 is logged: training
-    and checkpointing go on and epoch 2's metrics wait in the outbox. Then the driver's process group is
+    """Two faults in one run of three epochs. The tracking server stops after epoch 1 is logged (the fault
+    plan holds rank 0 in epoch 2 until then, so nothing of epoch 2 reaches MLflow before): training and
+    checkpointing go on and epoch 2's metrics wait in the outbox. Then the driver's process group is
     killed (SIGKILL) in the middle of epoch 3 (the fault plan holds rank 0 there), epoch 2 checkpointed:
     its Ray Train controller and workers die with it.
     The server comes back on the same port and store, and the same command started again waits for the
@@ -306,7 +307,8 @@ def test_mlflow_gone_then_driver_killed_and_relaunched_continues_same_run(tmp_pa
     restarted = None
     env = job_env(server.address, storage, cifar10.root, ray_address=ray_head.gcs_address)
     env["STABLE_SNN_OUTBOX_DEADLINE_S"] = "600"
-    env[FAULT_PLAN_ENV] = json.dumps({"hold_at_epoch": 3})  # the kill lands in epoch 3, whatever the machine's speed
+    # epoch 2 waits for the outage, the kill lands in epoch 3, whatever the machine's speed
+    env[FAULT_PLAN_ENV] = json.dumps({"hold_at_epochs": [2, 3]})
     args = _args(name, "--set", "optim.epochs=3", "--set", f"run.registered_model={model}", cifar10=cifar10)
     first = _start("jobs.train", args, env, log1)
     client = _client(server.address)
@@ -317,8 +319,10 @@ def test_mlflow_gone_then_driver_killed_and_relaunched_continues_same_run(tmp_pa
             runs = _runs_named(client, name)
             return runs and 1 in _steps(client, runs[0].info.run_id, "val_robust_acc") and runs[0].info.run_id
 
+        _wait_for(lambda: (storage / name / ".held-epoch2").is_file(), "rank 0 held in epoch 2", first, log1)
         run_id = _wait_for(epoch_1_logged, "epoch 1's metrics in MLflow", first, log1)
         stop(server)
+        release_hold(storage / name, 2)
         _wait_for(lambda: list(outbox.glob("*.json")), "metrics parked in the outbox", first, log1)
         _wait_for(lambda: (storage / name / ".held-epoch3").is_file(), "rank 0 held in epoch 3", first, log1)
         _wait_for(lambda: _registered_epoch(storage, name) >= 2, "a checkpoint written during the outage", first, log1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import torch
 from jobs.config import job_config_from_dict, load_job_config
 from jobs.errors import NonFiniteLossError
 from jobs.training.checkpoints import NONFINITE_MARKER, load_checkpoint, save_checkpoint
-from jobs.training.faults import FAULT_PLAN_ENV, FaultPlan, fault_plan_env
+from jobs.training.faults import FAULT_PLAN_ENV, FaultPlan, fault_plan_env, release_hold
 from jobs.training.steps import (
     EpochGenerators, build_parts, checkpoint_state, epoch_seeds, gain_metrics, report_payload, restore, resume_point,
     run_epoch,
@@ -228,10 +230,12 @@ def test_fp16_trains_with_a_loss_scaler(tmp_path):
 def test_fault_plan_comes_from_its_environment_variable_only():
     assert FaultPlan.from_env({}) == FaultPlan()
     assert FaultPlan.from_env({FAULT_PLAN_ENV: '{"nan_at_epoch": 2}'}) == FaultPlan(nan_at_epoch=2)
+    assert FaultPlan.from_env({FAULT_PLAN_ENV: '{"hold_at_epochs": [2, 3]}'}).hold_at_epochs == (2, 3)
     assert fault_plan_env({}) == {}
     assert fault_plan_env({FAULT_PLAN_ENV: '{"crash_at_epoch": 1}'}) == {FAULT_PLAN_ENV: '{"crash_at_epoch": 1}'}
     for bad, message in (('{"nan_at_epoch": 0}', "nan_at_epoch=0 is invalid"), ('{"oops": 1}', "not a fault plan"),
-                         ("[", "not a fault plan")):
+                         ("[", "not a fault plan"), ('{"hold_at_epochs": 2}', "hold_at_epochs=2 is invalid: allowed a list"),
+                         ('{"hold_at_epochs": [2, 0]}', r"hold_at_epochs=\(2, 0\) is invalid")):
         with pytest.raises(ValueError, match=message):
             FaultPlan.from_env({FAULT_PLAN_ENV: bad})
 
@@ -265,21 +269,41 @@ def test_a_planned_crash_ends_rank_0_once(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-def test_a_planned_hold_names_rank_0s_pid_and_waits_once(tmp_path, monkeypatch):
+def test_a_planned_hold_names_rank_0s_pid_and_waits_once_until_released(tmp_path):
+    model, _, _ = parts(tiny_config(tmp_path))
+    plan = FaultPlan(hold_at_epochs=(2, 3))
+    held = tmp_path / ".held-epoch2"
+    plan.inject(epoch=2, step=1, steps=4, rank=0, model=model, run_dir=str(tmp_path))  # not the middle of the epoch
+    plan.inject(epoch=1, step=2, steps=4, rank=0, model=model, run_dir=str(tmp_path))  # not its epoch
+    plan.inject(epoch=2, step=2, steps=4, rank=1, model=model, run_dir=str(tmp_path))  # not rank 0
+    assert list(tmp_path.glob(".held-*")) == []
+
+    worker = threading.Thread(target=plan.inject, kwargs=dict(epoch=2, step=2, steps=4, rank=0, model=model,
+                                                              run_dir=str(tmp_path)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not held.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held.read_text() == str(os.getpid())
+    time.sleep(0.5)
+    assert worker.is_alive()  # held until released
+    release_hold(tmp_path, 2)
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    t0 = time.monotonic()
+    plan.inject(epoch=2, step=2, steps=4, rank=0, model=model, run_dir=str(tmp_path))  # once: the restarted worker trains on
+    assert time.monotonic() - t0 < 1 and held.read_text() == "release"
+
+
+def test_an_unreleased_hold_trains_on_after_its_time(tmp_path, monkeypatch):
     from jobs.training import faults
 
-    slept = []
-    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    monkeypatch.setattr(faults, "HOLD_S", 0.5)
     model, _, _ = parts(tiny_config(tmp_path))
-    plan = FaultPlan(hold_at_epoch=2)
-    plan.inject(epoch=2, step=1, steps=4, rank=0, model=model, run_dir=tmp_path)  # not the middle of the epoch
-    plan.inject(epoch=1, step=2, steps=4, rank=0, model=model, run_dir=tmp_path)  # not its epoch
-    plan.inject(epoch=2, step=2, steps=4, rank=1, model=model, run_dir=tmp_path)  # not rank 0
-    assert not (tmp_path / ".held-epoch2").exists() and slept == []
-    plan.inject(epoch=2, step=2, steps=4, rank=0, model=model, run_dir=tmp_path)
-    assert (tmp_path / ".held-epoch2").read_text() == str(os.getpid()) and slept == [600]
-    plan.inject(epoch=2, step=2, steps=4, rank=0, model=model, run_dir=tmp_path)  # once: the restarted worker trains on
-    assert slept == [600]
+    t0 = time.monotonic()
+    FaultPlan(hold_at_epochs=(3,)).inject(epoch=3, step=2, steps=4, rank=0, model=model, run_dir=str(tmp_path))
+    assert 0.5 <= time.monotonic() - t0 < 5
+    assert (tmp_path / ".held-epoch3").read_text() == str(os.getpid())
 
 
 # -- a resumed run -------------------------------------------------------------------------------
