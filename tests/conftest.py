@@ -11,6 +11,16 @@ from jobs.openmp import use_passive_openmp
 
 use_passive_openmp()  # before torch loads OpenMP, here and in every process the tests start (jobs/openmp.py)
 
+# torch.compile in the tests (the "compiled" backend's kernels; a user's setting wins):
+# - the compiled code lives in the clone (.cache/torchinductor), not in a cache shared by the machine's
+#   users: a fresh clone compiles everything, as CI does, and `make test` costs what CI pays;
+# - one compiler process (no pool of compile workers to start on a 2-core machine);
+# - g++ at -O0: the same C++ source, compiled in a third of the time. Results do not move with the
+#   optimisation level: inductor states its floating-point flags (no fast-math, -ffp-contract=off).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torchinductor"))
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+os.environ.setdefault("TORCHINDUCTOR_DEBUG_COMPILE", "1")
+
 from tests.fixtures_runs import shared_run  # noqa: E402
 from tests.threads import torch_threads  # noqa: E402  (imports torch)
 
@@ -70,7 +80,8 @@ def pytest_collection_modifyitems(config, items):
     """Order and group the tests for ``make test``, which runs the whole suite on pytest-xdist
     workers (``--dist loadgroup``). The slow tests come first, so that the many short unit tests
     fill the workers' last minutes instead of one long test running alone at the end; and the slow
-    tests that read one session-wide run (``tests.fixtures_runs.SHARED_RUNS``) form one group (``xdist_group``), run by one worker.
+    tests that read one session-wide run (``tests.fixtures_runs.SHARED_RUNS``) form one group (``xdist_group``), run by one worker,
+    and so do the tests that compile kernels (:func:`compiles`).
     The workers share one Ray head and one MLflow server (tests/fixtures_services.py): while one
     worker's test waits on a service or a process starting, the other's uses the cores.
 
@@ -90,7 +101,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if (run := shared_run(item)) is not None:
             item.add_marker(pytest.mark.xdist_group(run))
+        elif compiles(item):
+            item.add_marker(pytest.mark.xdist_group(COMPILE_GROUP))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: collection order within each part
+
+
+COMPILE_GROUP = "torch-compile"
+
+
+def compiles(item) -> bool:
+    """Whether a test runs torch.compile'd kernels (``@pytest.mark.compiles``, or a ``backend`` parameter of
+    ``"compiled"``). They form one group, run by one worker: each kernel is compiled once, in one process,
+    and serves every later test there (dynamo's cache of compiled functions is per process)."""
+    callspec = getattr(item, "callspec", None)
+    return bool(item.get_closest_marker("compiles")) or (callspec is not None and callspec.params.get("backend") == "compiled")
 
 
 GROUPING_LOST = pytest.StashKey[str]()

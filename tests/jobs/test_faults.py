@@ -150,7 +150,9 @@ def test_worker_sigkill_mid_epoch_resumes_from_s3_storage_into_same_run(tmp_path
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         pid = int(_wait_for(lambda: read_text(f"{storage}/{name}/.held-epoch2"), "rank 0 held in epoch 2", proc, log))
-        killed_at = _registered_epoch(storage, name)
+        # Ray Train's controller registers a reported checkpoint at its next poll of the workers (every 2 s)
+        killed_at = _wait_for(lambda: _registered_epoch(storage, name), "the epoch-1 checkpoint registered", proc, log,
+                              timeout=60)
         os.kill(pid, signal.SIGKILL)
         rc = proc.wait(timeout=900)
     finally:

@@ -189,6 +189,7 @@ def test_other_surrogates_are_refused_naming_the_reference_backend():
 
 
 @pytest.mark.slow
+@pytest.mark.compiles
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("bn_mode", ["eval", "train"])
 def test_compiled_kernels_match_eager(bn_mode):
