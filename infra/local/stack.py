@@ -368,6 +368,11 @@ def _ray_env(extra: dict[str, str] | None) -> dict[str, str]:
         # Ray Train's preemption watcher polls for draining nodes and only logs them; the local stack is
         # one machine, and the watcher an actor process (about 4 s of CPU) per training run and restart
         RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
+        # no Python workers started ahead of demand (a driver's first connection starts two): a job's
+        # runtime env differs from theirs, so its tasks and actors could not use them, and each one is a
+        # process importing Ray (about 3 s of CPU) for nothing
+        RAY_enable_worker_prestart="0",
+        RAY_prestart_worker_first_driver="0",
     )
     env.update(openmp_env(env))  # every worker, of submitted jobs too (jobs/openmp.py)
     return env | (extra or {})
