@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import ray.train
 import torch
@@ -52,15 +52,14 @@ class FaultPlan:
     hold_at_epochs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.hold_at_epochs, (list, tuple)):
-            raise ValueError(f"{FAULT_PLAN_ENV}: hold_at_epochs={self.hold_at_epochs!r} is invalid: "
-                             "allowed a list of integers >= 1")
-        object.__setattr__(self, "hold_at_epochs", tuple(self.hold_at_epochs))
-        for name, value in asdict(self).items():
-            for v in value if isinstance(value, tuple) else [value]:
-                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                    raise ValueError(f"{FAULT_PLAN_ENV}: {name}={value!r} is invalid: allowed "
-                                     f"{'a list of integers' if isinstance(value, tuple) else 'an integer'} >= 1")
+        for name in ("crash_at_epoch", "nan_at_epoch"):
+            value = getattr(self, name)
+            if value is not None and not _is_epoch(value):
+                raise ValueError(f"{FAULT_PLAN_ENV}: {name}={value!r} is invalid: allowed an integer >= 1")
+        holds = self.hold_at_epochs
+        if not isinstance(holds, (list, tuple)) or not all(map(_is_epoch, holds)):
+            raise ValueError(f"{FAULT_PLAN_ENV}: hold_at_epochs={holds!r} is invalid: allowed a list of integers >= 1")
+        object.__setattr__(self, "hold_at_epochs", tuple(holds))  # JSON gives a list
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> FaultPlan:
@@ -94,6 +93,10 @@ class FaultPlan:
             log.warning("fault plan nan_at_epoch=%d: putting a NaN into the classifier", epoch)
             with torch.no_grad():
                 list(model.parameters())[-1].view(-1)[0] = float("nan")
+
+
+def _is_epoch(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def release_hold(run_dir: str | os.PathLike, epoch: int) -> None:

@@ -235,7 +235,7 @@ def test_fault_plan_comes_from_its_environment_variable_only():
     assert fault_plan_env({FAULT_PLAN_ENV: '{"crash_at_epoch": 1}'}) == {FAULT_PLAN_ENV: '{"crash_at_epoch": 1}'}
     for bad, message in (('{"nan_at_epoch": 0}', "nan_at_epoch=0 is invalid"), ('{"oops": 1}', "not a fault plan"),
                          ("[", "not a fault plan"), ('{"hold_at_epochs": 2}', "hold_at_epochs=2 is invalid: allowed a list"),
-                         ('{"hold_at_epochs": [2, 0]}', r"hold_at_epochs=\(2, 0\) is invalid")):
+                         ('{"hold_at_epochs": [2, 0]}', r"hold_at_epochs=\[2, 0\] is invalid: allowed a list")):
         with pytest.raises(ValueError, match=message):
             FaultPlan.from_env({FAULT_PLAN_ENV: bad})
 
