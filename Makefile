@@ -141,4 +141,4 @@ gpu-check:
 	@{ date -u; $(MAKE) --no-print-directory benchmark-gpu && $(MAKE) --no-print-directory gpu-epoch; } 2>&1 | tee gpu-check.log
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .cache build *.egg-info
